@@ -1,0 +1,259 @@
+"""Command line: ``python -m FusionLungSegLib {segment,train,export,evaluate,bench}`` (also ``fusionlungseg``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+DESCRIPTION = """\
+Lung segmentation in chest CT with FusionLungNet (arXiv 2410.15812).
+
+Input CT: a NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha/.mhd) file or a
+folder holding one DICOM series; voxel values in Hounsfield units (HU).
+Output label map: NIfTI or NRRD with 0 = background, 1 = right lung,
+2 = left lung (patient's right and left), on exactly the input's voxel grid.
+Volumes are reported in millilitres (mL), distances in millimetres (mm).
+"""
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fusionlungseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser(
+        "segment",
+        help="segment the lungs in a CT file or DICOM folder",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("input", help="CT: .nii/.nii.gz/.nrrd/.mha file or a DICOM series folder (HU)")
+    s.add_argument("output", help="label map to write: .nii.gz, .nii or .nrrd (0 background, 1 right, 2 left lung)")
+    s.add_argument("--weights", help="weights file (default: the bundled model)")
+    s.add_argument("--input-size", type=int, help="network input in pixels, multiple of 32 (default: the weights' own)")
+    s.add_argument("--fast", action="store_true", help="160 px network input: about 4x faster, slightly coarser")
+    s.add_argument("--batch-size", type=int, help="slices per forward pass (default 4 on CPU, 32 on CUDA)")
+    s.add_argument("--png", help="overlay picture to write (default: OUTPUT with .png); 'none' to skip")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(s)
+
+    t = sub.add_parser("train", help="train FusionLungNet on 2D CT slices with lung masks")
+    t.add_argument("--data", help="Kaggle 'finding-lungs' archive (.tar.gz) or folder (default: ../shared/data)")
+    t.add_argument("--out", default="runs/fusionlungnet", help="folder for checkpoints and logs")
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--input-size", type=int, default=320, help="training size in pixels (paper: 320)")
+    t.add_argument("--min-input-size", type=int, help="multi-scale: draw each batch's size in [min, input-size]")
+    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    t.add_argument("--val-fraction", type=float, default=0.1, help="fraction of cases held out for validation")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and augmentation")
+    t.add_argument("--threads", type=int, help="CPU threads for torch")
+    t.add_argument("--encoder-weights", help="local torchvision ResNet-50 state dict to start the encoder from")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument("--limit", type=int, help="use only the first N slices (smoke runs)")
+    t.add_argument("--time-limit", type=float, help="stop after the epoch that passes this many minutes")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    t.add_argument("--export", help="after training, write the compact fp16 weights file here")
+    t.add_argument("--quiet", action="store_true")
+    _add_device(t)
+
+    e = sub.add_parser("export", help="write a compact fp16 inference file from a training checkpoint")
+    e.add_argument("checkpoint", help="best.pt or last.pt from train")
+    e.add_argument("output", help="weights file to write (.pt)")
+
+    v = sub.add_parser(
+        "evaluate",
+        help="metrics: label maps against references, or the model on the 2D validation slices",
+        description="Either PRED REF (two label-map files, or two folders matched by file name), or --slices "
+        "to run the model on the Kaggle 2D slices. Metrics: IoU, F1 (Dice), precision, recall, accuracy, MCC "
+        "(paper Table 2, in %%), plus 3D Dice, HD95 (mm) and volumes (mL) for label maps.",
+    )
+    v.add_argument("pred", nargs="?", help="predicted label map (file or folder)")
+    v.add_argument("ref", nargs="?", help="reference label map (file or folder)")
+    v.add_argument("--slices", choices=["validation", "all"], help="evaluate the model on the 2D slices")
+    v.add_argument("--data", help="Kaggle archive or folder for --slices")
+    v.add_argument("--split", help="split.json written by train (default: the weights' own split, seed 0)")
+    v.add_argument("--weights", help="weights for --slices (default: bundled)")
+    v.add_argument("--input-size", type=int)
+    v.add_argument("--json", help="write per-case rows and summary here")
+    _add_device(v)
+
+    b = sub.add_parser("bench", help="time the pipeline and the network; prints and writes JSON")
+    b.add_argument("--input-size", type=int, default=320)
+    b.add_argument("--batch-size", type=int)
+    b.add_argument("--slices", type=int, default=300, help="slices in the synthetic 512x512 volume")
+    b.add_argument("--weights", help="weights file (default: bundled; random if none is bundled)")
+    b.add_argument("--json", help="write the figures here")
+    _add_device(b)
+    return parser
+
+
+def _cmd_segment(args) -> int:
+    from .inference import LungSegmenter
+    from .io import read_image, write_image
+    from .metrics import volume_ml
+
+    if args.fast and args.input_size:
+        raise ValueError("give either --fast or --input-size, not both")
+    out = Path(args.output)
+    t0 = time.monotonic()
+    image = read_image(args.input)
+    seg = LungSegmenter(
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        input_size=160 if args.fast else args.input_size,
+        progress=not args.quiet,
+    )
+    labels = seg.segment(image)
+    write_image(labels, out)
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayViewFromImage(labels)
+    spacing = tuple(reversed(labels.GetSpacing()))
+    report = {
+        "input": str(args.input),
+        "output": str(out),
+        "right_lung_ml": round(volume_ml(arr == 1, spacing), 1),
+        "left_lung_ml": round(volume_ml(arr == 2, spacing), 1),
+        "slices": int(image.GetSize()[2]),
+        "seconds": round(time.monotonic() - t0, 1),
+        "device": str(seg.device),
+        "input_size": seg.input_size,
+    }
+    if (args.png or "").lower() != "none":
+        from .render import overlay_png
+
+        name = out.name
+        stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else out.stem
+        png = Path(args.png) if args.png else out.with_name(stem + ".png")
+        report["png"] = str(overlay_png(image, labels, png))
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .train import TrainConfig, export_weights, train
+
+    cfg = TrainConfig(
+        data=args.data,
+        out_dir=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+        min_input_size=args.min_input_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=args.device,
+        amp=not args.no_amp,
+        threads=args.threads,
+        encoder_weights=args.encoder_weights,
+        resume=args.resume,
+        limit=args.limit,
+        time_limit_min=args.time_limit,
+        augment=not args.no_augment,
+    )
+    result = train(cfg, progress=not args.quiet)
+    summary = {k: v for k, v in result.items() if k != "history"}
+    if args.export:
+        summary["export"] = export_weights(result["best"], args.export)
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .train import export_weights
+
+    print(json.dumps(export_weights(args.checkpoint, args.output), indent=1, default=str))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_label_images, format_table, match_files, summarise
+
+    if args.slices:
+        from .data import load_finding_lungs, split_by_case
+        from .inference import LungSegmenter
+
+        seg = LungSegmenter(weights=args.weights, device=args.device, input_size=args.input_size, progress=False)
+        data = load_finding_lungs(args.data)
+        if args.slices == "all":
+            subset = data
+        else:
+            names = None
+            if args.split:
+                names = json.loads(Path(args.split).read_text())["validation"]
+            elif seg.meta.get("validation"):
+                names = list(seg.meta["validation"])
+            if names is None:
+                _, val_idx = split_by_case(data.cases, 0.1, int(seg.meta.get("seed") or 0))
+                subset = data.subset(val_idx)
+            else:
+                subset = data.subset([i for i, n in enumerate(data.names) if n in set(names)])
+        from .evaluate import evaluate_slices
+
+        rows = evaluate_slices(seg, subset)
+        print(format_table(rows))
+    else:
+        if not (args.pred and args.ref):
+            raise ValueError("give PRED and REF label maps (files or folders), or --slices")
+        from .io import read_image
+
+        rows = []
+        for case, p, r in match_files(Path(args.pred), Path(args.ref)):
+            rows.append({"case": case, **evaluate_label_images(read_image(p), read_image(r))})
+        keys = ["iou", "f1", "precision", "recall", "accuracy", "mcc", "hd95_mm", "volume_ml", "ref_volume_ml"]
+        print(format_table(rows, keys=keys))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cases": rows, "summary": summarise(rows)}, indent=1))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    result = run_bench(
+        device=args.device,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        slices=args.slices,
+        weights=args.weights,
+    )
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {
+        "segment": _cmd_segment,
+        "train": _cmd_train,
+        "export": _cmd_export,
+        "evaluate": _cmd_evaluate,
+        "bench": _cmd_bench,
+    }
+    try:
+        return handlers[args.command](args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

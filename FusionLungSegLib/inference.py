@@ -1,0 +1,230 @@
+"""Volume inference: :class:`LungSegmenter` turns a CT ``SimpleITK.Image`` into a lung label map.
+
+Pipeline: validate -> reorient to canonical axial order (no resampling) ->
+batches of slices through FusionLungNet -> probabilities back to each slice's
+grid -> 3D post-processing and right/left split -> labels on the input's own
+grid (same size, spacing, origin and direction).  Labels: 0 background,
+1 right lung, 2 left lung.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .geometry import AxialReorientation
+from .model import FusionLungNet
+from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess
+from .preprocess import HU_WINDOW, from_network, to_network
+from .train import resolve_device
+from .weights import load_weights
+
+__all__ = [
+    "LungSegmenter",
+    "SegmentationCancelled",
+    "InvalidInputError",
+    "validate_ct",
+    "RIGHT_LUNG",
+    "LEFT_LUNG",
+    "LABEL_NAMES",
+]
+
+log = logging.getLogger(__name__)
+
+LABEL_NAMES = {RIGHT_LUNG: "right lung", LEFT_LUNG: "left lung"}
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+
+class SegmentationCancelled(RuntimeError):
+    """Raised when the ``cancel`` callback asked to stop."""
+
+
+class InvalidInputError(ValueError):
+    """The input is not a CT volume this model can segment; the message says why."""
+
+
+def validate_ct(image) -> None:
+    """Raise :class:`InvalidInputError` unless ``image`` looks like a 3D CT in HU."""
+    import SimpleITK as sitk
+
+    if not isinstance(image, sitk.Image):
+        raise InvalidInputError(f"expected a SimpleITK.Image, got {type(image).__name__}")
+    dim = image.GetDimension()
+    if dim != 3:
+        raise InvalidInputError(
+            f"expected a 3D CT volume, got a {dim}D image of size {image.GetSize()}"
+            + ("; for a single slice, stack it into a volume with SimpleITK.JoinSeries" if dim == 2 else "")
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidInputError(
+            f"expected a scalar CT, got {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(a colour or vector image)"
+        )
+    if 0 in image.GetSize():
+        raise InvalidInputError(f"the image is empty (size {image.GetSize()})")
+    spacing = np.asarray(image.GetSpacing(), float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InvalidInputError(f"voxel spacing must be positive, got {tuple(spacing)}")
+
+
+class LungSegmenter:
+    """Segment right and left lungs in chest CT.
+
+    Args:
+        weights: path of a weights file; None = the bundled model (checked by sha256).
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+        batch_size: slices per forward pass; None = 4 on CPU, 32 on CUDA.
+        input_size: network input in pixels (multiple of 32); None = the size the
+            weights were trained at (stored in their metadata), else 320.
+        progress: show a tqdm bar when no ``progress`` callback is given.
+        model: an already built network (for tests or custom training); skips ``weights``.
+        sha256: expected hash of a non-bundled ``weights`` file.
+    """
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        device: str = "auto",
+        batch_size: int | None = None,
+        input_size: int | None = None,
+        progress: bool = True,
+        *,
+        model: nn.Module | None = None,
+        sha256: str | None = None,
+        hu_window: tuple[float, float] | None = None,
+        threshold: float = 0.5,
+    ):
+        self.device = resolve_device(device)
+        meta: dict = {}
+        if model is None:
+            state, meta = load_weights(weights, sha256)
+            model = FusionLungNet()
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                from .weights import WeightsError
+
+                raise WeightsError(
+                    f"{weights or 'bundled weights'}: state dict does not fit FusionLungNet "
+                    f"({str(exc).splitlines()[0]})"
+                ) from None
+        self.meta = meta
+        self.model = model.to(self.device).eval()
+        self.input_size = int(input_size or meta.get("input_size") or 320)
+        if self.input_size < 32 or self.input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32 (e.g. 160 or 320), got {self.input_size}")
+        self.hu_window = tuple(hu_window or meta.get("hu_window") or HU_WINDOW)
+        self.batch_size = int(batch_size or (32 if self.device.type == "cuda" else 4))
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.progress = progress
+        self.threshold = threshold
+
+    # ------------------------------------------------------------ network
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, S) network input on CPU -> (N, 1, S, S) probabilities on CPU."""
+        x = x.to(self.device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = self.model(x)
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        return torch.sigmoid(logits.float()).cpu()
+
+    def _forward_with_retry(self, x: torch.Tensor) -> torch.Tensor:
+        """Run a batch; on CUDA out-of-memory halve the batch, and at batch 1 fall back to CPU."""
+        try:
+            return self._forward(x)
+        except torch.OutOfMemoryError:
+            if self.device.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            if x.shape[0] > 1:
+                self.batch_size = max(1, x.shape[0] // 2)
+                warnings.warn(f"CUDA out of memory: retrying with batch size {self.batch_size}", stacklevel=2)
+                return torch.cat([self._forward_with_retry(part) for part in x.split(self.batch_size)])
+            warnings.warn("CUDA out of memory at batch size 1: continuing on the CPU", stacklevel=2)
+            self.device = torch.device("cpu")
+            self.model = self.model.cpu()
+            return self._forward(x)
+
+    @torch.inference_mode()
+    def predict_canonical(
+        self,
+        hu: np.ndarray,
+        spacing_yx: tuple[float, float],
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> np.ndarray:
+        """Lung mask (Z, H, W) bool for canonical HU slices (Z, H, W), batch by batch."""
+        n = hu.shape[0]
+        mask = np.zeros(hu.shape, dtype=bool)
+        bar = None
+        if progress is None and self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, unit="slice", desc="segmenting")
+        z = 0
+        try:
+            while z < n:
+                if cancel is not None and cancel():
+                    raise SegmentationCancelled(f"cancelled after {z} of {n} slices")
+                z1 = min(n, z + self.batch_size)
+                batch = np.ascontiguousarray(hu[z:z1], dtype=np.float32)
+                x, frame = to_network(batch, self.input_size, spacing_yx, self.hu_window)
+                prob = self._forward_with_retry(x)
+                mask[z:z1] = (from_network(prob, frame) > self.threshold).numpy()
+                z = z1
+                if bar is not None:
+                    bar.update(z1 - bar.n)
+                if progress is not None:
+                    progress(z / n, f"slice {z} of {n}")
+        finally:
+            if bar is not None:
+                bar.close()
+        return mask
+
+    # ------------------------------------------------------------ volume
+    def segment(self, image, progress: ProgressFn | None = None, cancel: CancelFn | None = None):
+        """Segment a 3D CT (HU) ``SimpleITK.Image``; returns a uint8 label image on the same grid.
+
+        ``progress(fraction, message)`` is called after each batch (fraction in
+        [0, 1]); ``cancel()`` returning True raises :class:`SegmentationCancelled`
+        before the next batch.  The input image is not modified.
+        """
+        import SimpleITK as sitk
+
+        validate_ct(image)
+        reo = AxialReorientation.from_image(image)
+        hu = reo.to_canonical(sitk.GetArrayViewFromImage(image))
+
+        def report(fraction: float, message: str) -> None:
+            if progress is not None:
+                progress(0.95 * fraction, message)
+
+        mask = self.predict_canonical(hu, reo.spacing_zyx[1:], report if progress else None, cancel)
+        if cancel is not None and cancel():
+            raise SegmentationCancelled("cancelled before post-processing")
+        if progress is not None:
+            progress(0.95, "post-processing")
+        labels = postprocess(mask, reo.spacing_zyx, threshold=0.5)
+        out = sitk.GetImageFromArray(np.ascontiguousarray(reo.from_canonical(labels)))
+        out.CopyInformation(image)
+        if progress is not None:
+            progress(1.0, "done")
+        return out
+
+    def segment_file(self, input_path: str | Path, output_path: str | Path, progress: ProgressFn | None = None):
+        """Read ``input_path`` (file or DICOM folder), segment, write the label map atomically."""
+        from .io import read_image, write_image
+
+        labels = self.segment(read_image(input_path), progress=progress)
+        write_image(labels, output_path)
+        return labels

@@ -1,0 +1,81 @@
+"""Reading CT (file or DICOM folder) and writing label maps safely."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["read_image", "write_image", "IMAGE_SUFFIXES", "LABEL_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def read_image(path: str | Path, series_uid: str | None = None):
+    """Read a CT as a ``SimpleITK.Image``: NIfTI, NRRD, MHA/MHD, one DICOM file, or a DICOM folder.
+
+    A folder must hold exactly one DICOM series unless ``series_uid`` picks one.
+    Raises ``FileNotFoundError`` or ``ValueError`` with the reason.
+    """
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"input not found: {p}")
+    if p.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = list(reader.GetGDCMSeriesIDs(str(p)) or [])
+        if not series:
+            raise ValueError(f"{p}: folder holds no DICOM series (give a NIfTI/NRRD/MHA file or a DICOM folder)")
+        if series_uid is None:
+            if len(series) > 1:
+                raise ValueError(
+                    f"{p}: folder holds {len(series)} DICOM series ({', '.join(series)}); "
+                    "put one series per folder or pass its SeriesInstanceUID"
+                )
+            series_uid = series[0]
+        elif series_uid not in series:
+            raise ValueError(f"{p}: no DICOM series {series_uid} (found {', '.join(series)})")
+        files = reader.GetGDCMSeriesFileNames(str(p), series_uid)
+        reader.SetFileNames(files)
+        try:
+            return reader.Execute()
+        except RuntimeError as exc:
+            raise ValueError(f"{p}: cannot read DICOM series: {str(exc).strip().splitlines()[-1]}") from None
+    try:
+        return sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()
+        raise ValueError(
+            f"{p}: cannot read image ({msg[-1] if msg else 'unknown format'}); "
+            f"supported: {', '.join(IMAGE_SUFFIXES)} files or a DICOM folder"
+        ) from None
+
+
+def write_image(image, path: str | Path, compress: bool = True) -> Path:
+    """Write ``image`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    The format follows the suffix; a failed write leaves no partial file.
+    """
+    import SimpleITK as sitk
+
+    p = Path(path)
+    suffix = _suffix(p)
+    if suffix not in LABEL_SUFFIXES:
+        raise ValueError(f"{p}: output must end in one of {', '.join(LABEL_SUFFIXES)}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, compress)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

@@ -1,0 +1,72 @@
+"""PNG overlays so a person can check a segmentation by eye."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .geometry import AxialReorientation
+
+__all__ = ["overlay_png", "LABEL_COLOURS_BGR"]
+
+#: Overlay colours (OpenCV BGR): right lung orange-brown, left lung blue-ish.
+LABEL_COLOURS_BGR = {1: (84, 161, 205), 2: (220, 150, 60)}
+
+
+def _grey(hu: np.ndarray, window=(-1350.0, 150.0)) -> np.ndarray:
+    lo, hi = window
+    x = np.nan_to_num(hu.astype(np.float32), nan=lo)
+    return (np.clip((x - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def _panel(hu2d: np.ndarray, lab2d: np.ndarray, spacing_rc: tuple[float, float], height: int, alpha: float):
+    import cv2
+
+    grey = cv2.cvtColor(_grey(hu2d), cv2.COLOR_GRAY2BGR)
+    colour = grey.copy()
+    for label, bgr in LABEL_COLOURS_BGR.items():
+        colour[lab2d == label] = bgr
+    img = cv2.addWeighted(grey, 1 - alpha, colour, alpha, 0)
+    # Outline each label so its edge is visible under the tint.
+    for label, bgr in LABEL_COLOURS_BGR.items():
+        m = (lab2d == label).astype(np.uint8)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(img, contours, -1, bgr, 1)
+    rows, cols = hu2d.shape
+    phys_h, phys_w = rows * spacing_rc[0], cols * spacing_rc[1]
+    width = max(1, int(round(height * phys_w / phys_h)))
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def overlay_png(image, labels, path: str | Path, height: int = 512, alpha: float = 0.45) -> Path:
+    """Write an axial and a coronal view of ``image`` (CT, HU) with ``labels`` tinted.
+
+    Both are ``SimpleITK.Image`` on the same grid; the views are taken in
+    canonical patient orientation (patient's right on the image's left,
+    anterior / superior at the top) through the centre of the lungs.
+    """
+    import cv2
+    import SimpleITK as sitk
+
+    reo = AxialReorientation.from_image(image)
+    hu = reo.to_canonical(sitk.GetArrayViewFromImage(image))
+    lab = reo.to_canonical(sitk.GetArrayViewFromImage(labels))
+    sz, sy, sx = reo.spacing_zyx
+    if lab.any():
+        z = int(np.argmax((lab > 0).sum(axis=(1, 2))))
+        y = int(round(np.nonzero(lab)[1].mean()))
+    else:
+        z, y = hu.shape[0] // 2, hu.shape[1] // 2
+    axial = _panel(hu[z], lab[z], (sy, sx), height, alpha)
+    coronal = _panel(hu[::-1, y, :], lab[::-1, y, :], (sz, sx), height, alpha)  # superior at the top
+    gap = np.full((height, 8, 3), 255, np.uint8)
+    canvas = np.concatenate([axial, gap, coronal], axis=1)
+    for text, x0 in (("axial", 6), ("coronal", axial.shape[1] + 14)):
+        cv2.putText(canvas, text, (x0, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(canvas, "R", (6, height - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(p), canvas):
+        raise OSError(f"cannot write PNG {p}")
+    return p

@@ -1,0 +1,97 @@
+"""Bundled weights: location, sha256 check, safe loading (``weights_only=True``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "BUNDLED_WEIGHTS",
+    "BUNDLED_SHA256",
+    "WeightsError",
+    "sha256_of",
+    "bundled_weights_path",
+    "load_weights",
+]
+
+#: File name of the bundled model inside ``Resources/``.
+BUNDLED_WEIGHTS = "FusionLungNet.pt"
+#: sha256 of the bundled file; a file with another hash is refused.
+BUNDLED_SHA256 = ""
+
+
+class WeightsError(RuntimeError):
+    """Weights are missing, damaged, tampered with or of the wrong kind."""
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resources_dir() -> Path:
+    """``Resources/`` next to the package (source checkout or installed Slicer extension)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "Resources", here.parent / "Resources"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "Resources"
+
+
+def bundled_weights_path() -> Path:
+    """Path of the bundled weights; raises :class:`WeightsError` when none are bundled."""
+    path = resources_dir() / BUNDLED_WEIGHTS
+    if not path.is_file() or not BUNDLED_SHA256:
+        raise WeightsError(
+            f"no trained FusionLungNet weights are bundled (expected {path}). "
+            "Train with `python -m FusionLungSegLib train` and pass the exported file, "
+            "e.g. LungSegmenter(weights='path/to/FusionLungNet.pt') or `segment --weights PATH`."
+        )
+    return path
+
+
+def load_weights(path: str | Path | None = None, sha256: str | None = None) -> tuple[dict, dict]:
+    """Load ``(state_dict, meta)`` from a weights file, safely.
+
+    ``path=None`` loads the bundled file and checks it against
+    :data:`BUNDLED_SHA256`; for another file, ``sha256`` (if given) is checked.
+    Only ``torch.load(weights_only=True)`` is used, so pickled code is refused.
+    Accepts the exported format ``{"state_dict", "meta"}``, a training
+    checkpoint ``{"model", ...}`` or a bare state dict.
+    """
+    if path is None:
+        path, sha256 = bundled_weights_path(), BUNDLED_SHA256
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file not found: {p}")
+    if sha256:
+        actual = sha256_of(p)
+        if actual != sha256.lower():
+            raise WeightsError(
+                f"{p}: sha256 mismatch (expected {sha256}, got {actual}); the file is damaged or was "
+                "replaced. Restore it from the release or reinstall the extension."
+            )
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors come in several types
+        raise WeightsError(
+            f"{p}: not a loadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "Only plain tensor state dicts are accepted (weights_only=True)."
+        ) from None
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{p}: expected a dict of tensors, got {type(obj).__name__}")
+    meta: dict = {}
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        state, meta = obj["state_dict"], dict(obj.get("meta") or {})
+    elif "model" in obj and isinstance(obj["model"], dict):
+        state, meta = obj["model"], {"input_size": obj.get("config", {}).get("input_size", 320)}
+    else:
+        state = obj
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{p}: not a FusionLungNet state dict (entries that are not tensors)")
+    return state, meta

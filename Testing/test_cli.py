@@ -1,0 +1,77 @@
+"""The command line on the bundled sample CT and on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import SAMPLE_DICOM
+
+from FusionLungSegLib.cli import main
+from FusionLungSegLib.io import read_image
+
+
+def test_help_explains_units_and_formats(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = capsys.readouterr().out
+    for word in ("Hounsfield", "DICOM", "NRRD", "1 = right lung", "mL"):
+        assert word in text
+
+
+def test_segment_sample_dicom_writes_labels_on_the_input_grid_and_a_png(random_weights, tmp_path, capsys):
+    out = tmp_path / "out" / "lungs.nii.gz"
+    code = main(
+        ["segment", str(SAMPLE_DICOM), str(out), "--weights", str(random_weights), "--device", "cpu", "--quiet"]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["png"].endswith("lungs.png") and (tmp_path / "out" / "lungs.png").stat().st_size > 1000
+    ct, lab = read_image(SAMPLE_DICOM), sitk.ReadImage(str(out))
+    assert lab.GetSize() == ct.GetSize() == (512, 512, 2)
+    assert np.allclose(lab.GetOrigin(), ct.GetOrigin()) and np.allclose(lab.GetSpacing(), ct.GetSpacing())
+    assert set(np.unique(sitk.GetArrayFromImage(lab))) <= {0, 1, 2}
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["segment", "/no/such/ct.nii.gz", "x.nii.gz"], "input not found"),
+        (["evaluate"], "PRED and REF"),
+    ],
+)
+def test_bad_input_gives_a_specific_error(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "scan.nii.gz"
+    bad.write_bytes(b"this is not an image")
+    assert main(["segment", str(bad), str(tmp_path / "o.nii.gz")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_evaluate_two_label_maps(tmp_path, capsys):
+    ref = np.zeros((4, 20, 20), np.uint8)
+    ref[:, 2:10, 2:8] = 1
+    ref[:, 2:10, 12:18] = 2
+    pred = ref.copy()
+    pred[:, 9, :] = 0
+    for name, arr in (("p.nii.gz", pred), ("r.nii.gz", ref)):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((1.0, 1.0, 2.0))
+        sitk.WriteImage(img, str(tmp_path / name))
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    row = result["cases"][0]
+    assert row["recall"] == pytest.approx(84 / 96) and row["precision"] == 1.0
+    assert row["dice_right"] == pytest.approx(2 * 42 / (42 + 48))
+    assert row["ref_volume_ml"] == pytest.approx(384 * 2 / 1000)
+    assert "mean" in capsys.readouterr().out

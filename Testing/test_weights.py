@@ -1,0 +1,67 @@
+"""Weights files: bundled checksum, sha256 check, weights_only loading, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from FusionLungSegLib import weights as W
+from FusionLungSegLib.inference import LungSegmenter
+from FusionLungSegLib.weights import WeightsError, load_weights, sha256_of
+
+
+def test_bundled_weights_match_their_recorded_sha256_or_absence_is_explained():
+    path = W.resources_dir() / W.BUNDLED_WEIGHTS
+    if W.BUNDLED_SHA256:
+        assert path.is_file(), f"BUNDLED_SHA256 is set but {path} is missing"
+        assert sha256_of(path) == W.BUNDLED_SHA256
+        assert path.stat().st_size <= 95 * 1024 * 1024
+        state, meta = load_weights()
+        assert meta["input_size"] % 32 == 0
+    else:
+        with pytest.raises(WeightsError, match="no trained FusionLungNet weights are bundled"):
+            load_weights()
+
+
+def test_sha256_mismatch_is_refused(random_weights, tmp_path):
+    good = sha256_of(random_weights)
+    tampered = tmp_path / "tampered.pt"
+    shutil.copy(random_weights, tampered)
+    with open(tampered, "r+b") as f:
+        f.seek(-100, 2)
+        byte = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        load_weights(tampered, sha256=good)
+    load_weights(random_weights, sha256=good)  # the original passes
+
+
+def test_truncated_and_missing_files_are_clear_errors(random_weights, tmp_path):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(random_weights.read_bytes()[:5000])
+    with pytest.raises(WeightsError, match="not a loadable weights file"):
+        load_weights(cut)
+    with pytest.raises(WeightsError, match="not found"):
+        load_weights(tmp_path / "nope.pt")
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": Payload()}, path)
+    with pytest.raises(WeightsError, match="weights_only"):
+        load_weights(path)
+
+
+def test_wrong_network_is_a_clear_error(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(2, 1, 3, 3)}, path)
+    with pytest.raises(WeightsError, match="does not fit FusionLungNet"):
+        LungSegmenter(weights=path, device="cpu", progress=False)
