@@ -73,6 +73,35 @@ def validate_ct(image) -> None:
     spacing = np.asarray(image.GetSpacing(), float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InvalidInputError(f"voxel spacing must be positive, got {tuple(spacing)}")
+    check_hu_range(sitk.GetArrayViewFromImage(image))
+
+
+def check_hu_range(array: np.ndarray) -> None:
+    """Raise :class:`InvalidInputError` for a label map or values that are not CT in HU.
+
+    Looks at a strided sample, so it costs little on large volumes.
+    """
+    step = max(1, int(round((array.size / 2_000_000) ** (1 / 3))))
+    sample = np.asarray(array[::step, ::step, ::step])
+    finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
+    if finite.size == 0:
+        raise InvalidInputError("the image holds no finite values (all NaN or infinite)")
+    lo, hi = float(finite.min()), float(finite.max())
+    if sample.dtype.kind in "iub" and lo >= 0 and hi <= 255 and np.unique(finite).size <= 16:
+        raise InvalidInputError(
+            f"this looks like a label map or mask (only {np.unique(finite).size} distinct values between "
+            f"{lo:g} and {hi:g}), not a CT; choose the CT volume as input"
+        )
+    if lo == hi:
+        if lo <= -500:
+            return  # all air: valid, the result is empty
+        raise InvalidInputError(f"the image is constant ({lo:g}); a CT in HU has air near -1000 and tissue near 0")
+    if np.percentile(finite, 1) > -300:
+        raise InvalidInputError(
+            f"values range from {lo:g} to {hi:g}, but a chest CT in Hounsfield units has air and lungs "
+            "near -1000 HU. This may be an MR image or a CT stored without its rescale slope/intercept "
+            "(e.g. unsigned values shifted by +1024): convert it to HU first"
+        )
 
 
 class LungSegmenter:

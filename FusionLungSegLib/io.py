@@ -79,3 +79,35 @@ def write_image(image, path: str | Path, compress: bool = True) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def to_file_grid(labels, path: str | Path):
+    """Nearest-neighbour copy of a label image onto the voxel grid stored in the file ``path``.
+
+    Slicer may index a loaded volume differently from the file (e.g. a flipped
+    slice axis); the voxel centres are the same points, so this is exact.
+    Returns ``labels`` unchanged when the grids already agree or ``path`` is a folder.
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if p.is_dir():
+        return labels
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    reader.ReadImageInformation()
+    size, spacing = reader.GetSize(), reader.GetSpacing()
+    origin, direction = reader.GetOrigin(), reader.GetDirection()
+    if (
+        tuple(size) == labels.GetSize()
+        and np.allclose(spacing, labels.GetSpacing())
+        and np.allclose(origin, labels.GetOrigin(), atol=1e-4)
+        and np.allclose(direction, labels.GetDirection(), atol=1e-6)
+    ):
+        return labels
+    reference = sitk.Image(list(size), labels.GetPixelID())
+    reference.SetSpacing(spacing)
+    reference.SetOrigin(origin)
+    reference.SetDirection(direction)
+    return sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
