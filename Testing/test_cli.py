@@ -75,3 +75,14 @@ def test_evaluate_two_label_maps(tmp_path, capsys):
     assert row["dice_right"] == pytest.approx(2 * 42 / (42 + 48))
     assert row["ref_volume_ml"] == pytest.approx(384 * 2 / 1000)
     assert "mean" in capsys.readouterr().out
+
+
+def test_bench_prints_and_writes_figures(random_weights, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--device", "cpu", "--input-size", "64", "--slices", "3", "--weights", str(random_weights)]
+    assert main([*args, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for key in ("network_seconds_per_slice", "pipeline_seconds_per_300_slices", "peak_rss_mb", "torch", "threads"):
+        assert key in result, key
+    assert result["pipeline_slices"] == 3 and result["network_seconds_per_slice"] > 0
+    assert json.loads(capsys.readouterr().out) == result
