@@ -59,10 +59,13 @@ def overlay_png(image, labels, path: str | Path, height: int = 512, alpha: float
     else:
         z, y = hu.shape[0] // 2, hu.shape[1] // 2
     axial = _panel(hu[z], lab[z], (sy, sx), height, alpha)
-    coronal = _panel(hu[::-1, y, :], lab[::-1, y, :], (sz, sx), height, alpha)  # superior at the top
+    panels = [("axial", axial)]
+    if hu.shape[0] * sz >= 0.2 * hu.shape[2] * sx:  # a coronal view of a thin slab shows nothing
+        coronal = _panel(hu[::-1, y, :], lab[::-1, y, :], (sz, sx), height, alpha)  # superior at the top
+        panels.append(("coronal", coronal))
     gap = np.full((height, 8, 3), 255, np.uint8)
-    canvas = np.concatenate([axial, gap, coronal], axis=1)
-    for text, x0 in (("axial", 6), ("coronal", axial.shape[1] + 14)):
+    canvas = np.concatenate([p for _, img in panels for p in (img, gap)][:-1], axis=1)
+    for text, x0 in (("axial", 6), ("coronal", axial.shape[1] + 14))[: len(panels)]:
         cv2.putText(canvas, text, (x0, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
     cv2.putText(canvas, "R", (6, height - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
     p = Path(path)

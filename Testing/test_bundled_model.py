@@ -1,0 +1,50 @@
+"""The bundled model on real CT: checksum, and Dice on held-out Kaggle slices (fast: two slices)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import DATA, SAMPLE_DICOM, require
+
+from FusionLungSegLib import weights as W
+from FusionLungSegLib.metrics import dice
+
+pytestmark = pytest.mark.skipif(not W.BUNDLED_SHA256, reason="no trained weights are bundled yet")
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    from FusionLungSegLib.inference import LungSegmenter
+
+    return LungSegmenter(device="cpu", progress=False)
+
+
+def test_bundled_file_matches_its_checksum():
+    assert W.sha256_of(W.bundled_weights_path()) == W.BUNDLED_SHA256
+
+
+def test_bundled_model_segments_held_out_real_slices(segmenter):
+    from FusionLungSegLib.data import load_finding_lungs
+
+    names = list(segmenter.meta["validation"])[:2]
+    assert names, "the bundled file records its validation slices"
+    slices = load_finding_lungs(require(DATA / "finding-lungs-2d.tar.gz"), names=names)
+    for i in range(len(slices)):
+        mask = segmenter.predict_canonical(slices.images[i : i + 1], slices.spacing_yx[i])[0]
+        assert dice(mask, slices.masks[i]) >= 0.95, slices.names[i]
+
+
+def test_bundled_model_finds_both_lungs_on_the_sample_ct(segmenter):
+    import SimpleITK as sitk
+
+    from FusionLungSegLib.io import read_image
+
+    image = read_image(SAMPLE_DICOM)
+    labels = sitk.GetArrayFromImage(segmenter.segment(image))
+    area_mm2 = np.prod(image.GetSpacing()[:2])
+    for label in (1, 2):
+        per_slice_cm2 = (labels == label).sum(axis=(1, 2)) * area_mm2 / 100
+        assert np.all(per_slice_cm2 > 20), (label, per_slice_cm2)
+    # Right lung (label 1) is on the patient's right: smaller LPS x, i.e. lower column index here.
+    cols = np.nonzero(labels)[2]
+    assert np.nonzero(labels == 1)[2].mean() < cols.mean() < np.nonzero(labels == 2)[2].mean()
