@@ -101,12 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_segment(args) -> int:
     from .inference import LungSegmenter
-    from .io import read_image, write_image
+    from .io import check_output_path, read_image, write_image
     from .metrics import volume_ml
 
     if args.fast and args.input_size:
         raise ValueError("give either --fast or --input-size, not both")
-    out = Path(args.output)
+    out = check_output_path(args.output)
     t0 = time.monotonic()
     image = read_image(args.input)
     seg = LungSegmenter(

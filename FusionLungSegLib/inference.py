@@ -51,8 +51,11 @@ class InvalidInputError(ValueError):
     """The input is not a CT volume this model can segment; the message says why."""
 
 
-def validate_ct(image) -> None:
-    """Raise :class:`InvalidInputError` unless ``image`` looks like a 3D CT in HU."""
+def validate_ct(image) -> bool:
+    """Raise :class:`InvalidInputError` unless ``image`` looks like a 3D CT in HU.
+
+    Returns False for a valid image that holds nothing but air (no lungs to find).
+    """
     import SimpleITK as sitk
 
     if not isinstance(image, sitk.Image):
@@ -73,13 +76,14 @@ def validate_ct(image) -> None:
     spacing = np.asarray(image.GetSpacing(), float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InvalidInputError(f"voxel spacing must be positive, got {tuple(spacing)}")
-    check_hu_range(sitk.GetArrayViewFromImage(image))
+    return check_hu_range(sitk.GetArrayViewFromImage(image))
 
 
-def check_hu_range(array: np.ndarray) -> None:
+def check_hu_range(array: np.ndarray) -> bool:
     """Raise :class:`InvalidInputError` for a label map or values that are not CT in HU.
 
-    Looks at a strided sample, so it costs little on large volumes.
+    Looks at a strided sample, so it costs little on large volumes.  Returns
+    False when the image is nothing but air (valid, but there is nothing to segment).
     """
     step = max(1, int(round((array.size / 2_000_000) ** (1 / 3))))
     sample = np.asarray(array[::step, ::step, ::step])
@@ -87,21 +91,22 @@ def check_hu_range(array: np.ndarray) -> None:
     if finite.size == 0:
         raise InvalidInputError("the image holds no finite values (all NaN or infinite)")
     lo, hi = float(finite.min()), float(finite.max())
+    if lo == hi:
+        if lo <= -500:
+            return False  # all air: valid, the result is empty
+        raise InvalidInputError(f"the image is constant ({lo:g}); a CT in HU has air near -1000 and tissue near 0")
     if sample.dtype.kind in "iub" and lo >= 0 and hi <= 255 and np.unique(finite).size <= 16:
         raise InvalidInputError(
             f"this looks like a label map or mask (only {np.unique(finite).size} distinct values between "
             f"{lo:g} and {hi:g}), not a CT; choose the CT volume as input"
         )
-    if lo == hi:
-        if lo <= -500:
-            return  # all air: valid, the result is empty
-        raise InvalidInputError(f"the image is constant ({lo:g}); a CT in HU has air near -1000 and tissue near 0")
     if np.percentile(finite, 1) > -300:
         raise InvalidInputError(
             f"values range from {lo:g} to {hi:g}, but a chest CT in Hounsfield units has air and lungs "
             "near -1000 HU. This may be an MR image or a CT stored without its rescale slope/intercept "
             "(e.g. unsigned values shifted by +1024): convert it to HU first"
         )
+    return True
 
 
 class LungSegmenter:
@@ -206,7 +211,7 @@ class LungSegmenter:
                 if cancel is not None and cancel():
                     raise SegmentationCancelled(f"cancelled after {z} of {n} slices")
                 z1 = min(n, z + self.batch_size)
-                batch = np.ascontiguousarray(hu[z:z1], dtype=np.float32)
+                batch = np.array(hu[z:z1], dtype=np.float32)  # a writable copy of one batch
                 x, frame = to_network(batch, self.input_size, spacing_yx, self.hu_window)
                 prob = self._forward_with_retry(x)
                 mask[z:z1] = (from_network(prob, frame) > self.threshold).numpy()
@@ -230,7 +235,13 @@ class LungSegmenter:
         """
         import SimpleITK as sitk
 
-        validate_ct(image)
+        has_content = validate_ct(image)
+        if not has_content:
+            out = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+            out.CopyInformation(image)
+            if progress is not None:
+                progress(1.0, "no tissue in the image: nothing to segment")
+            return out
         reo = AxialReorientation.from_image(image)
         hu = reo.to_canonical(sitk.GetArrayViewFromImage(image))
 

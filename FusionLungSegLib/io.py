@@ -58,6 +58,16 @@ def read_image(path: str | Path, series_uid: str | None = None):
         ) from None
 
 
+def check_output_path(path: str | Path) -> Path:
+    """Raise ``ValueError`` unless ``path`` ends in a label-map suffix we can write."""
+    p = Path(path)
+    if _suffix(p) not in LABEL_SUFFIXES:
+        raise ValueError(f"{p}: output must end in one of {', '.join(LABEL_SUFFIXES)}")
+    if p.is_dir():
+        raise ValueError(f"{p}: output is a folder; give a file name such as {p / 'lungs.nii.gz'}")
+    return p
+
+
 def write_image(image, path: str | Path, compress: bool = True) -> Path:
     """Write ``image`` to ``path`` atomically (temporary file in the same folder, then rename).
 
@@ -65,10 +75,8 @@ def write_image(image, path: str | Path, compress: bool = True) -> Path:
     """
     import SimpleITK as sitk
 
-    p = Path(path)
+    p = check_output_path(path)
     suffix = _suffix(p)
-    if suffix not in LABEL_SUFFIXES:
-        raise ValueError(f"{p}: output must end in one of {', '.join(LABEL_SUFFIXES)}")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=p.parent)
     os.close(fd)
