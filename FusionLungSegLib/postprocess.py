@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["RIGHT_LUNG", "LEFT_LUNG", "clean_lung_mask", "split_right_left", "postprocess"]
+__all__ = ["RIGHT_LUNG", "LEFT_LUNG", "clean_lung_mask", "remove_central_airways", "split_right_left", "postprocess"]
 
 RIGHT_LUNG = 1
 LEFT_LUNG = 2
@@ -107,9 +107,38 @@ def split_right_left(mask: np.ndarray, big_fraction: float = 0.2) -> np.ndarray:
     return out
 
 
+def remove_central_airways(
+    mask: np.ndarray, spacing_zyx, max_area_mm2: float = 600.0, max_offset_mm: float = 25.0
+) -> np.ndarray:
+    """Drop trachea and main-bronchus cross-sections: small, compact 2D components near the midline.
+
+    On each axial slice, a component smaller than ``max_area_mm2`` whose centroid
+    lies within ``max_offset_mm`` of the midline (the mean x of the whole lung
+    mask) and that fills at least half of its bounding box is airway, not lung.
+    Lung apices are lateral, so they are kept.  Returns a new array.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    out = mask.copy()
+    if not mask.any():
+        return out
+    _, sy, sx = (float(s) for s in spacing_zyx)
+    midline = float(np.nonzero(mask)[2].mean())
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        lab, n = ndimage.label(mask[z])
+        for i, box in enumerate(ndimage.find_objects(lab), start=1):
+            comp = lab[box] == i
+            area = comp.sum() * sy * sx
+            if area >= max_area_mm2:
+                continue
+            cx = (np.nonzero(comp)[1].mean() + box[1].start - midline) * sx
+            if abs(cx) <= max_offset_mm and comp.mean() >= 0.5:
+                out[z][box][comp] = False
+    return out
+
+
 def postprocess(prob: np.ndarray, spacing_zyx, threshold: float = 0.5) -> np.ndarray:
     """Canonical probability volume -> uint8 labels (0 background, 1 right, 2 left)."""
-    lungs = clean_lung_mask(prob > threshold, spacing_zyx)
+    lungs = clean_lung_mask(remove_central_airways(prob > threshold, spacing_zyx), spacing_zyx)
     labels = split_right_left(lungs)
     # Each side: keep its largest 3D component (drops stray islands created by the split).
     for side in (RIGHT_LUNG, LEFT_LUNG):
