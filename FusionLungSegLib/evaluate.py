@@ -74,18 +74,19 @@ def format_table(rows: list[dict], keys=TABLE2_KEYS, percent: bool = True) -> st
     """Plain-text table: one row per case, then mean ± sd."""
     scale = 100.0 if percent else 1.0
     name_w = max([len(str(r.get("case", ""))) for r in rows] + [8])
-    head = "case".ljust(name_w) + "".join(f"{k:>12}" for k in keys)
+    w = 15
+    head = "case".ljust(name_w) + "".join(f"{k:>{w}}" for k in keys)
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(str(r.get("case", "")).ljust(name_w) + "".join(f"{_fmt(r.get(k), scale, k):>12}" for k in keys))
+        lines.append(str(r.get("case", "")).ljust(name_w) + "".join(f"{_fmt(r.get(k), scale, k):>{w}}" for k in keys))
     summary = summarise(rows)
     lines.append("-" * len(head))
     lines.append(
         "mean ± sd".ljust(name_w)
         + "".join(
-            f"{_fmt(summary[k]['mean'], scale, k)}±{_fmt(summary[k]['sd'], scale, k):<5}".rjust(12)
+            f"{_fmt(summary[k]['mean'], scale, k)} ± {_fmt(summary[k]['sd'], scale, k)}".rjust(w)
             if k in summary
-            else " " * 12
+            else " " * w
             for k in keys
         )
     )
