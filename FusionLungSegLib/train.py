@@ -246,8 +246,8 @@ def _write_logs(out: Path, history: list[dict]) -> None:
 def export_weights(checkpoint: str | Path, out_path: str | Path, extra_meta: dict | None = None) -> dict:
     """Write a compact inference file: fp16 state dict + JSON-able metadata.
 
-    Returns ``{"path", "sha256", "bytes", "meta"}``.  The file loads with
-    ``torch.load(..., weights_only=True)``.
+    Returns ``{"path", "sha256", "bytes", "meta"}`` and writes ``FILE.sha256``
+    beside it.  The file loads with ``torch.load(..., weights_only=True)``.
     """
     from .weights import sha256_of
 
@@ -273,4 +273,6 @@ def export_weights(checkpoint: str | Path, out_path: str | Path, extra_meta: dic
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save({"state_dict": half, "meta": meta}, out)
-    return {"path": str(out), "sha256": sha256_of(out), "bytes": out.stat().st_size, "meta": meta}
+    digest = sha256_of(out)
+    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")  # sha256sum -c format
+    return {"path": str(out), "sha256": digest, "bytes": out.stat().st_size, "meta": meta}

@@ -60,6 +60,7 @@ def test_export_is_fp16_with_metadata_and_loads_weights_only(run, tmp_path):
     cfg, result = run
     info = export_weights(result["best"], tmp_path / "w.pt")
     state, meta = load_weights(info["path"], sha256=info["sha256"])
+    assert (tmp_path / "w.pt.sha256").read_text().split()[0] == info["sha256"]
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     assert meta["input_size"] == 64 and meta["hu_window"] == [-1000.0, 400.0]
     assert len(meta["validation"]) == 2 and "val_iou" in meta["validation_metrics"]
