@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", help="Kaggle archive or folder for --slices")
     v.add_argument("--split", help="split.json written by train (default: the weights' own split, seed 0)")
     v.add_argument("--weights", help="weights for --slices (default: bundled)")
+    v.add_argument(
+        "--postprocess", action="store_true", help="with --slices: score after component cleaning and hole filling"
+    )
     v.add_argument("--input-size", type=int)
     v.add_argument("--json", help="write per-case rows and summary here")
     _add_device(v)
@@ -204,7 +207,7 @@ def _cmd_evaluate(args) -> int:
                 subset = data.subset([i for i, n in enumerate(data.names) if n in set(names)])
         from .evaluate import evaluate_slices
 
-        rows = evaluate_slices(seg, subset)
+        rows = evaluate_slices(seg, subset, postprocess=args.postprocess)
         print(format_table(rows))
     else:
         if not (args.pred and args.ref):

@@ -14,12 +14,22 @@ __all__ = ["evaluate_slices", "evaluate_label_images", "summarise", "format_tabl
 PAPER_TABLE2 = {"iou": 98.04, "f1": 99.02, "precision": 98.65, "recall": 99.41, "accuracy": 99.73, "mcc": 98.67}
 
 
-def evaluate_slices(segmenter, slices, batch_size: int | None = None) -> list[dict]:
-    """Run ``segmenter``'s network on each 2D slice of a :class:`data.SliceSet`; Table 2 rows."""
+def evaluate_slices(segmenter, slices, postprocess: bool = False) -> list[dict]:
+    """Run ``segmenter``'s network on each 2D slice of a :class:`data.SliceSet`; Table 2 rows.
+
+    ``postprocess`` applies the pipeline's component cleaning and hole filling
+    to each slice (as a one-slice volume); without it the raw network output is
+    scored, as in the paper.
+    """
+    from .postprocess import clean_lung_mask
+
     rows = []
     for i in range(len(slices)):
         hu = slices.images[i : i + 1]
-        mask = segmenter.predict_canonical(hu, slices.spacing_yx[i])[0]
+        mask = segmenter.predict_canonical(hu, slices.spacing_yx[i])
+        if postprocess:
+            mask = clean_lung_mask(mask, (1.0, *slices.spacing_yx[i]))
+        mask = mask[0]
         rows.append({"case": slices.names[i], **table2_metrics(mask, slices.masks[i])})
     return rows
 
