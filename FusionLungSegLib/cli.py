@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--postprocess", action="store_true", help="with --slices: score after component cleaning and hole filling"
     )
     v.add_argument("--input-size", type=int)
+    v.add_argument("--limit", type=int, help="with --slices: only the first N slices (quick checks)")
     v.add_argument("--json", help="write per-case rows and summary here")
     _add_device(v)
 
@@ -207,6 +208,8 @@ def _cmd_evaluate(args) -> int:
                 subset = data.subset([i for i, n in enumerate(data.names) if n in set(names)])
         from .evaluate import evaluate_slices
 
+        if args.limit:
+            subset = subset.subset(range(min(args.limit, len(subset))))
         rows = evaluate_slices(seg, subset, postprocess=args.postprocess)
         print(format_table(rows))
     else:

@@ -86,3 +86,16 @@ def test_bench_prints_and_writes_figures(random_weights, tmp_path, capsys):
         assert key in result, key
     assert result["pipeline_slices"] == 3 and result["network_seconds_per_slice"] > 0
     assert json.loads(capsys.readouterr().out) == result
+
+
+def test_evaluate_model_on_validation_slices(random_weights, tmp_path, capsys):
+    from conftest import DATA, require
+
+    data = require(DATA / "finding-lungs-2d.tar.gz")
+    out = tmp_path / "val.json"
+    args = ["evaluate", "--slices", "validation", "--data", str(data), "--weights", str(random_weights)]
+    assert main([*args, "--device", "cpu", "--postprocess", "--limit", "3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["case"] for r in result["cases"]] == ["ID_0000_Z_0142.tif", "ID_0007_Z_0211.tif", "ID_0019_Z_0088.tif"]
+    assert set(result["summary"]) >= {"iou", "f1", "precision", "recall", "accuracy", "mcc"}
+    assert "mean ± sd" in capsys.readouterr().out
