@@ -19,7 +19,7 @@ __all__ = [
 #: File name of the bundled model inside ``Resources/``.
 BUNDLED_WEIGHTS = "FusionLungNet.pt"
 #: sha256 of the bundled file; a file with another hash is refused.
-BUNDLED_SHA256 = ""
+BUNDLED_SHA256 = "966627687487b241ebf9418cbd217701911ef28fc97228f3d6b4592ecc49586d"
 
 
 class WeightsError(RuntimeError):
