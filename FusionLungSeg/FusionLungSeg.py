@@ -44,14 +44,32 @@ def resource_path(*parts: str) -> str:
     return os.path.join(_HERE, "Resources", *parts)
 
 
+#: import name -> distribution name; the version bounds come from Resources/requirements.txt.
 REQUIRED_PACKAGES = {"torch": "torch", "scipy": "scipy", "cv2": "opencv-python-headless", "tqdm": "tqdm"}
 
 
+def requirement_specs() -> dict[str, str]:
+    """Distribution name -> requirement line (e.g. "torch>=2.1") from Resources/requirements.txt."""
+    import re
+
+    specs = {}
+    path = resource_path("requirements.txt")
+    if os.path.exists(path):
+        for line in open(path, encoding="utf-8"):
+            line = line.split("#", 1)[0].strip()
+            if line:
+                specs[re.split(r"[<>=!~ ;\[]", line, maxsplit=1)[0].lower()] = line
+    return specs
+
+
 def missing_packages() -> list[str]:
-    """pip names of the Python packages the segmentation needs but that cannot be imported."""
+    """Requirement lines of the Python packages the segmentation needs but that cannot be imported."""
     import importlib.util
 
-    return [pip for module, pip in REQUIRED_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    specs = requirement_specs()
+    return [
+        specs.get(dist, dist) for module, dist in REQUIRED_PACKAGES.items() if importlib.util.find_spec(module) is None
+    ]
 
 
 def ensure_dependencies() -> bool:
@@ -67,13 +85,14 @@ def ensure_dependencies() -> bool:
     ):
         return False
     with slicer.util.displayPythonShell(), slicer.util.tryWithErrorDisplay("Installing dependencies failed."):
-        if "torch" in missing and hasattr(slicer.modules, "pytorchutils"):
+        torch_spec = [m for m in missing if m.startswith("torch")]
+        if torch_spec and hasattr(slicer.modules, "pytorchutils"):
             import PyTorchUtils  # the PyTorch extension picks a build that matches the GPU
 
             PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
-            missing = [m for m in missing if m != "torch"]
+            missing = [m for m in missing if m not in torch_spec]
         if missing:
-            slicer.util.pip_install(" ".join(missing))
+            slicer.util.pip_install(missing)
     return not missing_packages()
 
 

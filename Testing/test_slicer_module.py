@@ -80,3 +80,15 @@ def test_cmake_builds_a_self_contained_scripted_module():
         assert needle in top
     mod = (REPO / "FusionLungSeg" / "CMakeLists.txt").read_text()
     assert "slicerMacroBuildScriptedModule" in mod and "FusionLungSegLib" in mod and "Resources/" in mod
+
+
+def test_requirements_file_covers_every_package_the_module_checks():
+    tree = ast.parse(MODULE.read_text())
+    required = next(
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "REQUIRED_PACKAGES"
+    )
+    lines = [ln.split("#")[0].strip() for ln in (REPO / "Resources" / "requirements.txt").read_text().splitlines()]
+    names = {re.split(r"[<>=!~ ;\[]", ln, maxsplit=1)[0].lower() for ln in lines if ln}
+    assert set(required.values()) <= names
