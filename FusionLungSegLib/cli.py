@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--input-size", type=int, default=320, help="training size in pixels (paper: 320)")
     t.add_argument("--min-input-size", type=int, help="multi-scale: draw each batch's size in [min, input-size]")
     t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    t.add_argument(
+        "--decay-from", type=int, help="keep --lr until this epoch, then cosine decay to --min-lr at the last epoch"
+    )
+    t.add_argument("--min-lr", type=float, default=1e-6, help="final learning rate of the cosine decay")
     t.add_argument("--val-fraction", type=float, default=0.1, help="fraction of cases held out for validation")
     t.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and augmentation")
     t.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -158,6 +162,8 @@ def _cmd_train(args) -> int:
         input_size=args.input_size,
         min_input_size=args.min_input_size,
         lr=args.lr,
+        decay_from=args.decay_from,
+        min_lr=args.min_lr,
         val_fraction=args.val_fraction,
         seed=args.seed,
         device=args.device,

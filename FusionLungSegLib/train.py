@@ -24,7 +24,7 @@ from .metrics import TABLE2_KEYS, table2_metrics
 from .model import FusionLungNet, count_parameters, load_encoder_weights
 from .preprocess import HU_WINDOW, from_network, mask_to_network, to_network
 
-__all__ = ["TrainConfig", "train", "export_weights", "predict_slices", "resolve_device"]
+__all__ = ["TrainConfig", "learning_rate", "train", "export_weights", "predict_slices", "resolve_device"]
 
 
 @dataclass
@@ -36,6 +36,8 @@ class TrainConfig:
     input_size: int = 320  # largest training size
     min_input_size: int | None = None  # if set, each batch draws a size in [min, input_size], step 32
     lr: float = 1e-4
+    decay_from: int | None = None  # if set: constant lr until this epoch, then cosine to min_lr at `epochs`
+    min_lr: float = 1e-6
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
@@ -59,6 +61,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("CUDA was requested but no CUDA device is available (use --device cpu)")
     return dev
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """Adam learning rate for 0-based ``epoch``: ``cfg.lr``, then a cosine decay from
+    epoch ``cfg.decay_from`` to ``cfg.min_lr`` at the last epoch."""
+    if cfg.decay_from is None or epoch < cfg.decay_from or cfg.epochs <= cfg.decay_from:
+        return cfg.lr
+    t = (epoch - cfg.decay_from + 1) / (cfg.epochs - cfg.decay_from)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 def _seed_everything(seed: int) -> None:
@@ -155,6 +166,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        lr = learning_rate(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         perm = torch.randperm(n, generator=gen)
         t0, total = time.monotonic(), 0.0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
@@ -184,6 +198,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
+            "lr": lr,
             **{f"val_{k}": v for k, v in metrics.items()},
             "epoch_seconds": time.monotonic() - t0,
         }
