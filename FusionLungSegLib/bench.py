@@ -1,12 +1,19 @@
 """Benchmark: seconds per slice for the network alone and for the whole file-to-file pipeline.
 
-The volume is a synthetic 512x512 chest phantom in HU (body, two lungs, vessels
-and noise), so the figures do not depend on data being present.  Peak memory
-is the process's maximum resident set size (and peak CUDA memory on a GPU).
+The volume is a synthetic 512x512 chest phantom in HU (body, two lungs and
+noise), so the figures do not depend on data being present, or any CT file
+(``input_path``).  Peak memory is the process's peak resident set size during
+the pipeline (reset before it where Linux allows), and peak CUDA memory on a GPU.
+With ``compare_lungmask`` the same file also goes through lungmask's
+``LMInferer`` (its U-Net with random weights: R231 cannot be downloaded here,
+and the speed does not depend on the weights) in the same run, and the ratio is
+reported.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
 import resource
 import tempfile
@@ -16,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["synthetic_ct", "run_bench"]
+__all__ = ["synthetic_ct", "run_bench", "time_lungmask"]
 
 
 def synthetic_ct(slices: int = 300, size: int = 512, seed: int = 0):
@@ -43,7 +50,71 @@ def synthetic_ct(slices: int = 300, size: int = 512, seed: int = 0):
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
+    """Peak resident memory in MiB since the last :func:`_reset_peak_rss` (Linux VmHWM)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB; never reset
+
+
+def _reset_peak_rss() -> bool:
+    """Start a new peak-memory window (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def time_lungmask(src: Path, dst: Path, device: torch.device, batch_size: int = 20) -> dict:
+    """lungmask's whole pipeline file to file (read -> LMInferer.apply -> write), random R231-shaped U-Net."""
+    import SimpleITK as sitk
+    from lungmask import LMInferer
+    from lungmask.resunet import UNet
+
+    logging.getLogger("lungmask").setLevel(logging.WARNING)  # its INFO lines go to stdout, where our JSON goes
+    net = UNet(n_classes=3, padding=True, depth=5, up_mode="upsample", batch_norm=True, residual=False)
+    weights = dst.with_name("lungmask_unet_random.pth")
+    torch.save(net.state_dict(), weights)
+    inferer = LMInferer(
+        modelpath=str(weights), force_cpu=device.type != "cuda", batch_size=batch_size, tqdm_disable=True
+    )
+    _sync(device)
+    peak_ok = _reset_peak_rss()
+    t0 = time.perf_counter()
+    image = sitk.ReadImage(str(src))
+    out = sitk.GetImageFromArray(inferer.apply(image))
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(dst), True)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    import lungmask
+
+    return {
+        "version": getattr(lungmask, "__version__", None) or _dist_version("lungmask"),
+        "weights": "random U-Net (R231 architecture)",
+        "batch_size": batch_size,
+        "pipeline_seconds": round(seconds, 2),
+        "pipeline_seconds_per_slice": round(seconds / image.GetSize()[2], 4),
+        "peak_rss_mb": round(_peak_rss_mb(), 1) if peak_ok else None,
+    }
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 def run_bench(
@@ -53,8 +124,15 @@ def run_bench(
     slices: int = 300,
     weights: str | None = None,
     network_slices: int = 16,
+    input_path: str | Path | None = None,
+    compare_lungmask: bool = False,
+    threads: int | None = None,
 ) -> dict:
-    """Time the network alone (``network_slices`` slices) and the full pipeline on ``slices`` slices."""
+    """Time the network alone (``network_slices`` slices) and the full pipeline.
+
+    The pipeline runs on ``input_path`` (any CT file or DICOM folder) or on a
+    synthetic ``slices``-slice 512x512 phantom.  Returns a JSON-able dict.
+    """
     import SimpleITK as sitk
 
     from .inference import LungSegmenter
@@ -62,60 +140,97 @@ def run_bench(
     from .model import FusionLungNet
     from .weights import WeightsError
 
-    try:
-        seg = LungSegmenter(weights, device=device, batch_size=batch_size, input_size=input_size, progress=False)
-        weights_used = weights or "bundled"
-    except WeightsError:
-        seg = LungSegmenter(
-            model=FusionLungNet(), device=device, batch_size=batch_size, input_size=input_size, progress=False
-        )
-        weights_used = "random (no bundled weights)"
-    dev = seg.device
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    # Network alone: warm-up batch, then timed batches of network-size input.
-    x = torch.rand(seg.batch_size, 1, seg.input_size, seg.input_size)
-    seg._forward_with_retry(x)
-    n_batches = max(1, network_slices // seg.batch_size)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
+    if threads:
+        torch.set_num_threads(int(threads))
+    if compare_lungmask:
+        try:
+            import lungmask  # noqa: F401
+        except ImportError:
+            raise RuntimeError("--compare-lungmask needs lungmask: pip install lungmask") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if input_path is None:
+            src = tmp / "ct.nii.gz"
+            sitk.WriteImage(synthetic_ct(slices), str(src))
+            source = f"synthetic 512x512x{slices} phantom"
+        else:
+            src = Path(input_path)
+            source = str(src)
+        header = read_image(src)
+        size = header.GetSize()
+        input_mb = size[0] * size[1] * size[2] * header.GetSizeOfPixelComponent() / 2**20
+        del header
+        rss_start = _peak_rss_mb()
+        try:
+            seg = LungSegmenter(weights, device=device, batch_size=batch_size, input_size=input_size, progress=False)
+            weights_used = weights or "bundled"
+        except WeightsError:
+            seg = LungSegmenter(
+                model=FusionLungNet(), device=device, batch_size=batch_size, input_size=input_size, progress=False
+            )
+            weights_used = "random (no bundled weights)"
+        dev = seg.device
+        # Network alone: warm-up batch, then timed batches of network-size input.
+        x = torch.rand(seg.batch_size, 1, seg.input_size, seg.input_size)
+        seg._forward_with_retry(x)
+        n_batches = max(1, network_slices // seg.batch_size)
+        _sync(dev)
+        t0 = time.perf_counter()
         for _ in range(n_batches):
             seg._forward_with_retry(x)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    net_s = (time.perf_counter() - t0) / (n_batches * seg.batch_size)
-
-    image = synthetic_ct(slices)
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "ct.nii.gz", Path(tmp) / "lungs.nii.gz"
-        sitk.WriteImage(image, str(src))
-        del image
+        _sync(dev)
+        net_s = (time.perf_counter() - t0) / (n_batches * seg.batch_size)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        peak_reset = _reset_peak_rss()
         rss_before = _peak_rss_mb()
         t0 = time.perf_counter()
-        labels = seg.segment(read_image(src))
-        write_image(labels, dst)
+        t_read = time.perf_counter()
+        image = read_image(src)
+        t_read = time.perf_counter() - t_read
+        labels = seg.segment(image)
+        t_write = time.perf_counter()
+        write_image(labels, tmp / "lungs.nii.gz")
+        t_write = time.perf_counter() - t_write
+        _sync(dev)
         pipe_s = time.perf_counter() - t0
-    result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": str(dev),
-        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-        "weights": weights_used,
-        "input_size": seg.input_size,
-        "batch_size": seg.batch_size,
-        "network_seconds_per_slice": round(net_s, 4),
-        "network_slices_per_second": round(1.0 / net_s, 2),
-        "pipeline_slices": slices,
-        "pipeline_seconds": round(pipe_s, 2),
-        "pipeline_seconds_per_slice": round(pipe_s / slices, 4),
-        "pipeline_seconds_per_300_slices": round(pipe_s / slices * 300, 1),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "peak_rss_mb_before_pipeline": round(rss_before, 1),
-    }
-    if dev.type == "cuda":
-        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+        n = image.GetSize()[2]
+        peak_pipeline = _peak_rss_mb()
+        del image, labels
+        result = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(dev),
+            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "weights": weights_used,
+            "input": source,
+            "input_size": seg.input_size,
+            "batch_size": seg.batch_size,
+            "network_seconds_per_slice": round(net_s, 4),
+            "network_slices_per_second": round(1.0 / net_s, 2),
+            "pipeline_slices": n,
+            "pipeline_seconds": round(pipe_s, 2),
+            "pipeline_seconds_per_slice": round(pipe_s / n, 4),
+            "pipeline_seconds_per_300_slices": round(pipe_s / n * 300, 1),
+            "pipeline_stages_seconds": {
+                "read": round(t_read, 2),
+                **{k: round(v, 2) for k, v in seg.last_timings.items()},
+                "write": round(t_write, 2),
+            },
+            "input_volume_mb": round(input_mb, 1),
+            "rss_mb_at_start": round(rss_start, 1),
+            "rss_mb_before_pipeline": round(rss_before, 1),
+            "peak_rss_mb": round(peak_pipeline, 1),
+            "peak_rss_mb_above_input": round(peak_pipeline - input_mb, 1),
+            "peak_rss_is_pipeline_only": peak_reset,
+        }
+        if dev.type == "cuda":
+            result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+        if compare_lungmask:
+            lm = time_lungmask(src, tmp / "lungmask.nii.gz", dev)
+            result["lungmask"] = lm
+            result["speedup_vs_lungmask"] = round(lm["pipeline_seconds"] / pipe_s, 2)
     return result

@@ -101,7 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input-size", type=int, default=320)
     b.add_argument("--batch-size", type=int)
     b.add_argument("--slices", type=int, default=300, help="slices in the synthetic 512x512 volume")
+    b.add_argument("--input", help="time this CT file or DICOM folder instead of the synthetic volume")
     b.add_argument("--weights", help="weights file (default: bundled; random if none is bundled)")
+    b.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument(
+        "--compare-lungmask",
+        action="store_true",
+        help="also run lungmask's pipeline on the same volume and report the ratio (pip install lungmask)",
+    )
     b.add_argument("--json", help="write the figures here")
     _add_device(b)
     return parser
@@ -242,6 +249,9 @@ def _cmd_bench(args) -> int:
         batch_size=args.batch_size,
         slices=args.slices,
         weights=args.weights,
+        input_path=args.input,
+        compare_lungmask=args.compare_lungmask,
+        threads=args.threads,
     )
     text = json.dumps(result, indent=1)
     print(text)

@@ -88,6 +88,25 @@ def test_bench_prints_and_writes_figures(random_weights, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == result
 
 
+def test_bench_side_by_side_with_lungmask_on_a_real_file(random_weights, tmp_path, capsys):
+    pytest.importorskip("lungmask", reason="lungmask is not installed (pip install lungmask)")
+    import SimpleITK as sitk
+    from conftest import SAMPLE_DICOM
+
+    ct = tmp_path / "sample.nrrd"  # two real 512x512 CT slices
+    sitk.WriteImage(sitk.ReadImage(sorted(str(p) for p in SAMPLE_DICOM.glob("*.dcm"))), str(ct))
+    args = ["bench", "--device", "cpu", "--input-size", "64", "--input", str(ct), "--weights", str(random_weights)]
+    assert main([*args, "--compare-lungmask", "--threads", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["input"] == str(ct) and result["pipeline_slices"] == 2 and result["threads"] == 2
+    assert result["lungmask"]["pipeline_seconds"] > 0
+    assert result["speedup_vs_lungmask"] == pytest.approx(
+        result["lungmask"]["pipeline_seconds"] / result["pipeline_seconds"], rel=0.02
+    )
+    assert set(result["pipeline_stages_seconds"]) == {"read", "checks_and_reorient", "slices", "postprocess", "write"}
+    assert result["input_volume_mb"] == pytest.approx(2 * 512 * 512 * 2 / 2**20, rel=0.01)
+
+
 def test_evaluate_model_on_validation_slices(random_weights, tmp_path, capsys):
     from conftest import DATA, require
 
