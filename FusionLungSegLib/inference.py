@@ -279,7 +279,7 @@ class LungSegmenter:
         if progress is not None:
             progress(0.95, "post-processing")
         t2 = clock()
-        labels = postprocess(mask, reo.spacing_zyx, threshold=0.5)
+        labels = postprocess(mask, reo.spacing_zyx, threshold=0.5, hu=hu)
         out = sitk.GetImageFromArray(np.ascontiguousarray(reo.from_canonical(labels)))
         out.CopyInformation(image)
         self.last_timings = {"checks_and_reorient": t1 - t0, "slices": t2 - t1, "postprocess": clock() - t2}

@@ -9,28 +9,95 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["RIGHT_LUNG", "LEFT_LUNG", "clean_lung_mask", "remove_central_airways", "split_right_left", "postprocess"]
+__all__ = [
+    "RIGHT_LUNG",
+    "LEFT_LUNG",
+    "body_mask",
+    "clean_lung_mask",
+    "remove_central_airways",
+    "split_right_left",
+    "postprocess",
+]
 
 RIGHT_LUNG = 1
 LEFT_LUNG = 2
 
 _CONN6 = ndimage.generate_binary_structure(3, 1)
+# 4-connectivity within each axial slice and none across slices: labels every slice's 2D
+# components in one call instead of a Python loop over slices.
+_AXIAL4 = np.zeros((3, 3, 3), bool)
+_AXIAL4[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    """Index box of the True voxels, grown by ``margin`` in y and x (whole array if empty)."""
+    box = []
+    for axis, pad in zip(range(3), (0, margin, margin)):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        if idx.size == 0:
+            return (slice(None),) * 3
+        box.append(slice(max(0, idx[0] - pad), min(mask.shape[axis], idx[-1] + 1 + pad)))
+    return tuple(box)
 
 
 def _fill_holes_axial(mask: np.ndarray) -> np.ndarray:
-    """Fill holes slice by slice (vessels inside the lung are lung on an axial slice)."""
+    """Fill holes slice by slice (vessels inside the lung are lung on an axial slice).
+
+    Same result as ``binary_fill_holes`` on each slice: background not 4-connected
+    to the slice's border is a hole.  Works inside the mask's bounding box.
+    """
     out = mask.copy()
-    for z in np.flatnonzero(mask.any(axis=(1, 2))):
-        out[z] = ndimage.binary_fill_holes(mask[z])
+    if not mask.any():
+        return out
+    box = _bounding_box(mask)
+    sub = mask[box]
+    background, _ = ndimage.label(~sub, structure=_AXIAL4)
+    edges = (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1])
+    outside = np.unique(np.concatenate([e.ravel() for e in edges]))
+    out[box] |= ~np.isin(background, outside)  # (mask voxels may come out True here too: harmless)
     return out
 
 
-def clean_lung_mask(mask: np.ndarray, spacing_zyx, min_fraction: float = 0.05, min_ml: float = 5.0) -> np.ndarray:
+def _midline_x(mask: np.ndarray) -> float:
+    """Mean x (canonical column) of the True voxels."""
+    profile = mask.sum(axis=(0, 1), dtype=np.int64)
+    return float((profile * np.arange(profile.size)).sum() / profile.sum())
+
+
+def body_mask(hu: np.ndarray, threshold: float = -500.0, step: int = 2) -> np.ndarray:
+    """The patient's body on a canonical HU volume ``[z, y, x]``, holes filled on each axial slice.
+
+    The largest 3D component above ``threshold`` HU (so the lungs, enclosed by the
+    chest wall, are inside; air outside the patient, e.g. under a blanket or a
+    head holder, is not).  Computed every ``step`` pixels in-plane and expanded
+    back: it is a coarse test, not a contour.
+    """
+    tissue = np.asarray(hu[:, ::step, ::step]) > threshold
+    labels, n = ndimage.label(tissue, structure=_CONN6)
+    body = np.zeros(tissue.shape, bool)
+    if n:
+        body = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+        body = _fill_holes_axial(body)
+    body = body.repeat(step, axis=1).repeat(step, axis=2)
+    return body[:, : hu.shape[1], : hu.shape[2]]
+
+
+def clean_lung_mask(
+    mask: np.ndarray,
+    spacing_zyx,
+    min_fraction: float = 0.05,
+    min_ml: float = 5.0,
+    body: np.ndarray | None = None,
+) -> np.ndarray:
     """Keep the lungs' connected components and fill holes.
 
     Keeps the largest 3D component and any other component holding at least
     ``min_fraction`` of its volume and ``min_ml`` millilitres (the two lungs
-    may or may not touch).  Returns a new boolean array.
+    may or may not touch).  With a ``body`` mask, a component other than the
+    largest must also lie mostly (over half its voxels) inside the body: air
+    pockets outside the patient look like lung to a 2D network.  Returns a new
+    boolean array.
     """
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
@@ -39,8 +106,12 @@ def clean_lung_mask(mask: np.ndarray, spacing_zyx, min_fraction: float = 0.05, m
     sizes = np.bincount(labels.ravel())[1:]
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     largest = sizes.max()
-    keep = np.flatnonzero((sizes == largest) | ((sizes >= min_fraction * largest) & (sizes * voxel_ml >= min_ml))) + 1
-    return _fill_holes_axial(np.isin(labels, keep))
+    keep = (sizes >= min_fraction * largest) & (sizes * voxel_ml >= min_ml)
+    if body is not None:
+        inside = np.bincount(labels[body], minlength=n + 1)[1:]
+        keep &= inside > 0.5 * sizes
+    keep |= sizes == largest
+    return _fill_holes_axial(np.isin(labels, np.flatnonzero(keep) + 1))
 
 
 def _split_component_2d(comp: np.ndarray, midline: float) -> tuple[np.ndarray, np.ndarray]:
@@ -79,31 +150,30 @@ def split_right_left(mask: np.ndarray, big_fraction: float = 0.2) -> np.ndarray:
     sizes = np.bincount(labels.ravel())[1:]
     order = np.argsort(-sizes)
     if n >= 2 and sizes[order[1]] >= big_fraction * sizes[order[0]]:
-        a, b = order[0] + 1, order[1] + 1
-        xa = ndimage.center_of_mass(labels == a)[2]
-        xb = ndimage.center_of_mass(labels == b)[2]
-        right, left = (a, b) if xa < xb else (b, a)
-        out[labels == right] = RIGHT_LUNG
-        out[labels == left] = LEFT_LUNG
-        # Smaller leftovers join the side of their centroid.
-        midline = (xa + xb) / 2
-        for lab in order[2:] + 1:
-            x = ndimage.center_of_mass(labels == lab)[2]
-            out[labels == lab] = RIGHT_LUNG if x < midline else LEFT_LUNG
-        return out
-    midline = float(np.nonzero(mask)[2].mean())
-    for z in np.flatnonzero(mask.any(axis=(1, 2))):
-        lab2, n2 = ndimage.label(mask[z])
-        for i in range(1, n2 + 1):
-            comp = lab2 == i
-            xs = np.nonzero(comp)[1]
-            frac_right = float(np.mean(xs < midline))
-            if 0.2 < frac_right < 0.8 and comp.sum() > 50:
-                r, left_part = _split_component_2d(comp, midline)
-                out[z][r] = RIGHT_LUNG
-                out[z][left_part] = LEFT_LUNG
-            else:
-                out[z][comp] = RIGHT_LUNG if frac_right >= 0.5 else LEFT_LUNG
+        # Centroid x of every component in one pass; the two big ones are the lungs.
+        xs = np.array(ndimage.center_of_mass(mask, labels, np.arange(1, n + 1)))[:, 2]
+        midline = (xs[order[0]] + xs[order[1]]) / 2
+        # Each component (the smaller leftovers too) takes the side of its centroid; right is low x.
+        side = np.where(xs < midline, RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
+        return np.concatenate(([0], side)).astype(np.uint8)[labels]
+    midline = _midline_x(mask)
+    box = _bounding_box(mask, margin=0)
+    lab2, n2 = ndimage.label(mask[box], structure=_AXIAL4)  # every slice's 2D components at once
+    x0 = box[2].start or 0
+    sub_out = out[box]
+    for i, obj in enumerate(ndimage.find_objects(lab2), start=1):
+        if obj is None:
+            continue
+        comp = lab2[obj] == i  # (1, h, w): one slice
+        xs = np.nonzero(comp[0])[1] + obj[2].start + x0
+        frac_right = float(np.mean(xs < midline))
+        target = sub_out[obj]
+        if 0.2 < frac_right < 0.8 and comp.sum() > 50:
+            r, left_part = _split_component_2d(comp[0], midline - obj[2].start - x0)
+            target[0][r] = RIGHT_LUNG
+            target[0][left_part] = LEFT_LUNG
+        else:
+            target[comp] = RIGHT_LUNG if frac_right >= 0.5 else LEFT_LUNG
     return out
 
 
@@ -122,23 +192,32 @@ def remove_central_airways(
     if not mask.any():
         return out
     _, sy, sx = (float(s) for s in spacing_zyx)
-    midline = float(np.nonzero(mask)[2].mean())
-    for z in np.flatnonzero(mask.any(axis=(1, 2))):
-        lab, n = ndimage.label(mask[z])
-        for i, box in enumerate(ndimage.find_objects(lab), start=1):
-            comp = lab[box] == i
-            area = comp.sum() * sy * sx
-            if area >= max_area_mm2:
-                continue
-            cx = (np.nonzero(comp)[1].mean() + box[1].start - midline) * sx
-            if abs(cx) <= max_offset_mm and comp.mean() >= 0.5:
-                out[z][box][comp] = False
+    midline = _midline_x(mask)
+    box = _bounding_box(mask, margin=0)
+    x0 = box[2].start or 0
+    lab, _ = ndimage.label(mask[box], structure=_AXIAL4)  # every slice's 2D components at once
+    sub_out = out[box]
+    for i, obj in enumerate(ndimage.find_objects(lab), start=1):
+        if obj is None:
+            continue
+        comp = lab[obj] == i  # (1, h, w): one slice
+        area = comp.sum() * sy * sx
+        if area >= max_area_mm2:
+            continue
+        cx = (np.nonzero(comp[0])[1].mean() + obj[2].start + x0 - midline) * sx
+        if abs(cx) <= max_offset_mm and comp.mean() >= 0.5:
+            sub_out[obj][comp] = False
     return out
 
 
-def postprocess(prob: np.ndarray, spacing_zyx, threshold: float = 0.5) -> np.ndarray:
-    """Canonical probability volume -> uint8 labels (0 background, 1 right, 2 left)."""
-    lungs = clean_lung_mask(remove_central_airways(prob > threshold, spacing_zyx), spacing_zyx)
+def postprocess(prob: np.ndarray, spacing_zyx, threshold: float = 0.5, hu: np.ndarray | None = None) -> np.ndarray:
+    """Canonical probability volume -> uint8 labels (0 background, 1 right, 2 left).
+
+    ``hu``, the canonical CT itself, lets components outside the patient's body be dropped.
+    """
+    body = body_mask(hu) if hu is not None else None
+    lungs = clean_lung_mask(remove_central_airways(prob > threshold, spacing_zyx), spacing_zyx, body=body)
+    del body
     labels = split_right_left(lungs)
     # Each side: keep its largest 3D component (drops stray islands created by the split).
     for side in (RIGHT_LUNG, LEFT_LUNG):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from FusionLungSegLib.postprocess import (
     LEFT_LUNG,
     RIGHT_LUNG,
+    _fill_holes_axial,
+    body_mask,
     clean_lung_mask,
     postprocess,
     remove_central_airways,
@@ -60,3 +63,47 @@ def test_trachea_is_removed_and_lateral_apices_are_kept():
 
 def test_empty_mask_stays_empty():
     assert not postprocess(np.zeros((3, 10, 10), np.float32), SPACING).any()
+
+
+def _chest_ct(shape=(30, 140, 160)):
+    """Canonical HU volume: body (40 HU) holding the two lungs (-850), air outside (-1000),
+    and an air pocket inside a thin shell behind the patient (like a cushion or head holder)."""
+    right, left = _lungs(shape)
+    z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    hu = np.full(shape, -1000, np.int16)
+    body = ((x - 80) / 79) ** 2 + ((y - 62) / 57) ** 2 < 1
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    inner = ndimage.binary_erosion(body, structure=in_plane, iterations=2)
+    assert not ((right | left) & ~inner).any()  # the lungs lie well inside the body
+    hu[body] = 40
+    hu[right | left] = -850
+    hu[(y >= 122) & (y <= 134) & (x > 38) & (x < 122)] = 300  # the shell, not touching the body
+    pocket = (y >= 124) & (y < 133) & (x > 40) & (x < 120)
+    hu[pocket] = -900
+    return hu, right, left, pocket
+
+
+def test_body_mask_holds_the_lungs_and_not_the_air_outside():
+    hu, right, left, pocket = _chest_ct()
+    body = body_mask(hu)
+    assert body[right | left].mean() > 0.99
+    assert body[pocket].mean() < 0.05
+
+
+def test_air_outside_the_body_is_dropped_even_when_large():
+    hu, right, left, pocket = _chest_ct()
+    mask = right | left | pocket  # what a 2D network may call lung
+    assert pocket.sum() > 0.05 * right.sum()  # large enough to pass the size rule
+    assert clean_lung_mask(mask, SPACING)[pocket].all()  # without the body it stays
+    labels = postprocess(mask.astype(np.float32), SPACING, hu=hu)
+    assert not labels[pocket].any()
+    assert np.array_equal(labels == RIGHT_LUNG, right) and np.array_equal(labels == LEFT_LUNG, left)
+
+
+def test_fast_hole_filling_matches_scipy_slice_by_slice():
+    rng = np.random.default_rng(1)
+    mask = ndimage.binary_opening(rng.random((12, 50, 70)) > 0.45)
+    mask[:, 0, :] |= rng.random((12, 70)) > 0.5  # touching the border
+    expected = np.stack([ndimage.binary_fill_holes(m) for m in mask])
+    assert np.array_equal(_fill_holes_axial(mask), expected)
