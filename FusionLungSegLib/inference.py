@@ -161,6 +161,16 @@ class LungSegmenter:
         self.input_size = int(input_size or meta.get("input_size") or 320)
         if self.input_size < 32 or self.input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32 (e.g. 160 or 320), got {self.input_size}")
+        trained = meta.get("input_size")
+        if trained:
+            lo = int(meta.get("min_input_size") or trained)
+            if not lo <= self.input_size <= int(trained):
+                sizes = f"{lo}-{trained}" if lo != int(trained) else f"{trained}"
+                warnings.warn(
+                    f"these weights were trained at {sizes} px input, not {self.input_size} px: expect "
+                    f"worse results (leave input_size unset to use {trained})",
+                    stacklevel=2,
+                )
         self.hu_window = tuple(hu_window or meta.get("hu_window") or HU_WINDOW)
         self.batch_size = int(batch_size or (32 if self.device.type == "cuda" else 4))
         if self.batch_size < 1:

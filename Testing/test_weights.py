@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -65,3 +66,11 @@ def test_wrong_network_is_a_clear_error(tmp_path):
     torch.save({"conv.weight": torch.zeros(2, 1, 3, 3)}, path)
     with pytest.raises(WeightsError, match="does not fit FusionLungNet"):
         LungSegmenter(weights=path, device="cpu", progress=False)
+
+
+def test_an_input_size_the_weights_were_not_trained_at_gives_a_warning(random_weights):
+    with pytest.warns(UserWarning, match="trained at 64 px input, not 128 px"):
+        LungSegmenter(random_weights, device="cpu", input_size=128, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert LungSegmenter(random_weights, device="cpu", progress=False).input_size == 64

@@ -91,7 +91,7 @@ def parse_args(argv):
     p.add_argument("--input", required=True, help="scan file, DICOM folder, or folder of scans")
     p.add_argument("--output", required=True, help="folder for <name>.seg.nrrd files and report.csv")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--fast", action="store_true", help="160 px network input (faster, coarser)")
+    p.add_argument("--fast", action="store_true", help="160 px network input (the bundled model runs at 160 px anyway)")
     p.add_argument("--input-size", type=int, help="network input in pixels (default: the model's own)")
     p.add_argument("--weights", help="weights file (default: bundled)")
     p.add_argument("--nifti", action="store_true", help="also write <name>.nii.gz label maps (0/1/2)")
