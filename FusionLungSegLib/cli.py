@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("output", help="label map to write: .nii.gz, .nii or .nrrd (0 background, 1 right, 2 left lung)")
     s.add_argument("--weights", help="weights file (default: the bundled model)")
     s.add_argument("--input-size", type=int, help="network input in pixels, multiple of 32 (default: the weights' own)")
-    s.add_argument("--fast", action="store_true", help="160 px network input (about 3.5x faster than 320 px; the bundled model runs at 160 px anyway)")
+    s.add_argument(
+        "--fast",
+        action="store_true",
+        help="160 px network input (about 3.5x faster than 320 px; the bundled model runs at 160 px anyway)",
+    )
     s.add_argument("--batch-size", type=int, help="slices per forward pass (default 4 on CPU, 32 on CUDA)")
     s.add_argument("--png", help="overlay picture to write (default: OUTPUT with .png); 'none' to skip")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
