@@ -113,13 +113,21 @@ def check_hu_range(array: np.ndarray) -> bool:
     return True
 
 
+def default_batch_size(device: torch.device, input_size: int) -> int:
+    """Slices per forward pass: 32 on CUDA; on the CPU 4 at 160 px, fewer for larger input
+    (the same speed per slice, and at 320 px batch 1 keeps about 640 MB of activations less than batch 4)."""
+    if device.type == "cuda":
+        return 32
+    return min(8, max(1, int(4 * (160 / input_size) ** 2)))
+
+
 class LungSegmenter:
     """Segment right and left lungs in chest CT.
 
     Args:
         weights: path of a weights file; None = the bundled model (checked by sha256).
         device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
-        batch_size: slices per forward pass; None = 4 on CPU, 32 on CUDA.
+        batch_size: slices per forward pass; None = 32 on CUDA, on the CPU 4 at 160 px and 1 at 320 px.
         input_size: network input in pixels (multiple of 32); None = the size the
             weights were trained at (stored in their metadata), else 320.
         progress: show a tqdm bar when no ``progress`` callback is given.
@@ -172,7 +180,7 @@ class LungSegmenter:
                     stacklevel=2,
                 )
         self.hu_window = tuple(hu_window or meta.get("hu_window") or HU_WINDOW)
-        self.batch_size = int(batch_size or (32 if self.device.type == "cuda" else 4))
+        self.batch_size = int(batch_size or default_batch_size(self.device, self.input_size))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.progress = progress

@@ -29,6 +29,29 @@ _AXIAL4 = np.zeros((3, 3, 3), bool)
 _AXIAL4[1] = ndimage.generate_binary_structure(2, 1)
 
 
+def _per_label(labels: np.ndarray, n: int, where: np.ndarray | None = None, x_weighted: bool = False) -> np.ndarray:
+    """Voxel count (or sum of x) of labels 1..n, slab by slab so no full-volume temporaries are made."""
+    out = np.zeros(n + 1, np.float64)
+    x = np.arange(labels.shape[2], dtype=np.float64)
+    for z in range(0, labels.shape[0], 16):
+        lab = labels[z : z + 16]
+        if where is not None:
+            lab = lab[where[z : z + 16]]
+            out += np.bincount(lab, minlength=n + 1)
+        elif x_weighted:
+            out += np.bincount(lab.ravel(), weights=np.broadcast_to(x, lab.shape).ravel(), minlength=n + 1)
+        else:
+            out += np.bincount(lab.ravel(), minlength=n + 1)
+    return out[1:]
+
+
+def _select(labels: np.ndarray, n: int, keep_ids) -> np.ndarray:
+    """Boolean volume of the voxels whose label is in ``keep_ids`` (a lookup, no temporaries)."""
+    lut = np.zeros(n + 1, bool)
+    lut[np.asarray(keep_ids, dtype=np.int64)] = True
+    return lut[labels]
+
+
 def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     """Index box of the True voxels, grown by ``margin`` in y and x (whole array if empty)."""
     box = []
@@ -52,10 +75,12 @@ def _fill_holes_axial(mask: np.ndarray) -> np.ndarray:
         return out
     box = _bounding_box(mask)
     sub = mask[box]
-    background, _ = ndimage.label(~sub, structure=_AXIAL4)
+    background, n_background = ndimage.label(~sub, structure=_AXIAL4)
     edges = (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1])
     outside = np.unique(np.concatenate([e.ravel() for e in edges]))
-    out[box] |= ~np.isin(background, outside)  # (mask voxels may come out True here too: harmless)
+    hole = np.ones(n_background + 1, bool)
+    hole[outside] = False
+    out[box] |= hole[background]  # (mask voxels, label 0, may come out True here too: harmless)
     return out
 
 
@@ -103,15 +128,16 @@ def clean_lung_mask(
     if not mask.any():
         return mask.copy()
     labels, n = ndimage.label(mask, structure=_CONN6)
-    sizes = np.bincount(labels.ravel())[1:]
+    sizes = _per_label(labels, n)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     largest = sizes.max()
     keep = (sizes >= min_fraction * largest) & (sizes * voxel_ml >= min_ml)
     if body is not None:
-        inside = np.bincount(labels[body], minlength=n + 1)[1:]
-        keep &= inside > 0.5 * sizes
+        keep &= _per_label(labels, n, where=body) > 0.5 * sizes
     keep |= sizes == largest
-    return _fill_holes_axial(np.isin(labels, np.flatnonzero(keep) + 1))
+    kept = _select(labels, n, np.flatnonzero(keep) + 1)
+    del labels
+    return _fill_holes_axial(kept)
 
 
 def _split_component_2d(comp: np.ndarray, midline: float) -> tuple[np.ndarray, np.ndarray]:
@@ -147,11 +173,11 @@ def split_right_left(mask: np.ndarray, big_fraction: float = 0.2) -> np.ndarray:
     if not mask.any():
         return out
     labels, n = ndimage.label(mask, structure=_CONN6)
-    sizes = np.bincount(labels.ravel())[1:]
+    sizes = _per_label(labels, n)
     order = np.argsort(-sizes)
     if n >= 2 and sizes[order[1]] >= big_fraction * sizes[order[0]]:
         # Centroid x of every component in one pass; the two big ones are the lungs.
-        xs = np.array(ndimage.center_of_mass(mask, labels, np.arange(1, n + 1)))[:, 2]
+        xs = _per_label(labels, n, x_weighted=True) / np.maximum(sizes, 1)
         midline = (xs[order[0]] + xs[order[1]]) / 2
         # Each component (the smaller leftovers too) takes the side of its centroid; right is low x.
         side = np.where(xs < midline, RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
@@ -226,8 +252,8 @@ def postprocess(prob: np.ndarray, spacing_zyx, threshold: float = 0.5, hu: np.nd
             continue
         lab, n = ndimage.label(part, structure=_CONN6)
         if n > 1:
-            sizes = np.bincount(lab.ravel())[1:]
+            sizes = _per_label(lab, n)
             largest = sizes.max()
-            small = np.isin(lab, np.flatnonzero(sizes < 0.05 * largest) + 1)
+            small = _select(lab, n, np.flatnonzero(sizes < 0.05 * largest) + 1)
             labels[small] = 0
     return labels

@@ -19,7 +19,7 @@ __all__ = [
 #: File name of the bundled model inside ``Resources/``.
 BUNDLED_WEIGHTS = "FusionLungNet.pt"
 #: sha256 of the bundled file; a file with another hash is refused.
-BUNDLED_SHA256 = "966627687487b241ebf9418cbd217701911ef28fc97228f3d6b4592ecc49586d"
+BUNDLED_SHA256 = "cef93f7fb4adca45c4c23b7ec070559bb87f6dd8793935e5b02ffd82edd9c39e"
 
 
 class WeightsError(RuntimeError):

@@ -74,3 +74,11 @@ def test_an_input_size_the_weights_were_not_trained_at_gives_a_warning(random_we
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert LungSegmenter(random_weights, device="cpu", progress=False).input_size == 64
+
+
+def test_default_batch_size_shrinks_with_input_size_on_cpu():
+    from FusionLungSegLib.inference import default_batch_size
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [default_batch_size(cpu, s) for s in (64, 160, 224, 320, 512)] == [8, 4, 2, 1, 1]
+    assert default_batch_size(cuda, 320) == 32
