@@ -194,8 +194,8 @@ class LungSegmenter:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, S, S) network input -> (N, 1, S, S) probabilities on the model's device."""
         cuda = self.device.type == "cuda"
-        if cuda:
-            x = x.pin_memory()  # page-locked, so the copy below runs asynchronously
+        if cuda and x.device.type == "cpu":
+            x = x.pin_memory()  # page-locked, so the copy below runs asynchronously (CUDA tensors cannot be pinned)
         x = x.to(self.device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             out = self.model(x)
