@@ -64,6 +64,21 @@ def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     return tuple(box)
 
 
+def _axial_components(mask: np.ndarray):
+    """Yield ``(index, component)`` for every 2D component of every axial slice.
+
+    ``index`` is a tuple of slices that places the component's box in the full
+    volume (one slice thick); ``component`` is its (h, w) boolean mask.  All
+    slices are labelled in one call, inside the mask's bounding box.
+    """
+    box = _bounding_box(mask, margin=0)
+    labels, _ = ndimage.label(mask[box], structure=_AXIAL4)
+    for i, obj in enumerate(ndimage.find_objects(labels), start=1):
+        if obj is not None:
+            index = tuple(slice(o.start + (b.start or 0), o.stop + (b.start or 0)) for o, b in zip(obj, box))
+            yield index, labels[obj][0] == i
+
+
 def _fill_holes_axial(mask: np.ndarray) -> np.ndarray:
     """Fill holes slice by slice (vessels inside the lung are lung on an axial slice).
 
@@ -102,8 +117,7 @@ def body_mask(hu: np.ndarray, threshold: float = -500.0, step: int = 2) -> np.nd
     labels, n = ndimage.label(tissue, structure=_CONN6)
     body = np.zeros(tissue.shape, bool)
     if n:
-        body = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-        body = _fill_holes_axial(body)
+        body = _fill_holes_axial(_select(labels, n, [np.argmax(_per_label(labels, n)) + 1]))
     body = body.repeat(step, axis=1).repeat(step, axis=2)
     return body[:, : hu.shape[1], : hu.shape[2]]
 
@@ -183,21 +197,14 @@ def split_right_left(mask: np.ndarray, big_fraction: float = 0.2) -> np.ndarray:
         side = np.where(xs < midline, RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
         return np.concatenate(([0], side)).astype(np.uint8)[labels]
     midline = _midline_x(mask)
-    box = _bounding_box(mask, margin=0)
-    lab2, n2 = ndimage.label(mask[box], structure=_AXIAL4)  # every slice's 2D components at once
-    x0 = box[2].start or 0
-    sub_out = out[box]
-    for i, obj in enumerate(ndimage.find_objects(lab2), start=1):
-        if obj is None:
-            continue
-        comp = lab2[obj] == i  # (1, h, w): one slice
-        xs = np.nonzero(comp[0])[1] + obj[2].start + x0
-        frac_right = float(np.mean(xs < midline))
-        target = sub_out[obj]
+    for index, comp in _axial_components(mask):
+        x0 = index[2].start
+        target = out[index][0]
+        frac_right = float(np.mean(np.nonzero(comp)[1] + x0 < midline))
         if 0.2 < frac_right < 0.8 and comp.sum() > 50:
-            r, left_part = _split_component_2d(comp[0], midline - obj[2].start - x0)
-            target[0][r] = RIGHT_LUNG
-            target[0][left_part] = LEFT_LUNG
+            r, left_part = _split_component_2d(comp, midline - x0)
+            target[r] = RIGHT_LUNG
+            target[left_part] = LEFT_LUNG
         else:
             target[comp] = RIGHT_LUNG if frac_right >= 0.5 else LEFT_LUNG
     return out
@@ -219,20 +226,12 @@ def remove_central_airways(
         return out
     _, sy, sx = (float(s) for s in spacing_zyx)
     midline = _midline_x(mask)
-    box = _bounding_box(mask, margin=0)
-    x0 = box[2].start or 0
-    lab, _ = ndimage.label(mask[box], structure=_AXIAL4)  # every slice's 2D components at once
-    sub_out = out[box]
-    for i, obj in enumerate(ndimage.find_objects(lab), start=1):
-        if obj is None:
+    for index, comp in _axial_components(mask):
+        if comp.sum() * sy * sx >= max_area_mm2:
             continue
-        comp = lab[obj] == i  # (1, h, w): one slice
-        area = comp.sum() * sy * sx
-        if area >= max_area_mm2:
-            continue
-        cx = (np.nonzero(comp[0])[1].mean() + obj[2].start + x0 - midline) * sx
+        cx = (np.nonzero(comp)[1].mean() + index[2].start - midline) * sx
         if abs(cx) <= max_offset_mm and comp.mean() >= 0.5:
-            sub_out[obj][comp] = False
+            out[index][0][comp] = False
     return out
 
 
