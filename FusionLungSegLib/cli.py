@@ -74,8 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=float, help="stop after the epoch that passes this many minutes")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    t.add_argument(
+        "--lung-free-fraction",
+        type=float,
+        default=0.25,
+        help="share of each batch drawn from the recorded lung-free slices of real volumes (0 = none)",
+    )
+    t.add_argument("--lung-free-data", help="data folder holding the dev/ volumes (default: ../shared/data)")
+    t.add_argument("--no-body-crop", action="store_true", help="feed whole slices instead of the body's box")
+    t.add_argument("--init-weights", help="start from this weights file ('bundled' = the bundled model)")
+    t.add_argument("--ema", type=float, default=0.0, help="decay of a moving average of the weights, e.g. 0.99")
     t.add_argument("--export", help="after training, write the compact fp16 weights file here")
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--log-every", type=int, default=0, help="print the running loss every N steps")
     _add_device(t)
 
     e = sub.add_parser("export", help="write a compact fp16 inference file from a training checkpoint")
@@ -187,6 +198,12 @@ def _cmd_train(args) -> int:
         limit=args.limit,
         time_limit_min=args.time_limit,
         augment=not args.no_augment,
+        body_crop=not args.no_body_crop,
+        lung_free_fraction=args.lung_free_fraction,
+        lung_free_data=args.lung_free_data,
+        init_weights=args.init_weights,
+        ema=args.ema,
+        log_every=args.log_every,
     )
     result = train(cfg, progress=not args.quiet)
     summary = {k: v for k, v in result.items() if k != "history"}

@@ -1,8 +1,9 @@
 """Training data: 2D CT slices with binary lung masks, seeded splits, CT-safe augmentation.
 
 A :class:`SliceSet` holds HU slices ``images`` (N, H, W) int16, masks
-``masks`` (N, H, W) bool, one case id per slice and the in-plane spacing
-``spacing_yx`` (mm) of each slice.
+``masks`` (N, H, W) bool, one case id per slice, the in-plane spacing
+``spacing_yx`` (mm, or None where unknown, as on the Kaggle slices) of each
+slice and the body crop box the network sees (see :mod:`body`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ __all__ = [
     "finding_lungs_path",
     "load_finding_lungs",
     "load_volume_slices",
+    "load_lung_free_slices",
+    "lung_free_catalogue",
+    "attach_crop_boxes",
+    "concat_slice_sets",
     "split_by_case",
     "Augment",
 ]
@@ -37,14 +42,17 @@ class SliceSet:
     masks: np.ndarray  # (N, H, W) bool
     cases: list[str]
     names: list[str]
-    spacing_yx: list[tuple[float, float]] = field(default_factory=list)
+    spacing_yx: list[tuple[float, float] | None] = field(default_factory=list)
+    boxes: list[tuple[int, int, int, int] | None] = field(default_factory=list)  # body crop per slice
 
     def __post_init__(self):
-        if not self.spacing_yx:
-            self.spacing_yx = [(1.0, 1.0)] * len(self.cases)
         n = len(self.images)
-        if not (len(self.masks) == len(self.cases) == len(self.names) == len(self.spacing_yx) == n):
-            raise ValueError("images, masks, cases, names and spacing must have the same length")
+        if not self.spacing_yx:
+            self.spacing_yx = [None] * n
+        if not self.boxes:
+            self.boxes = [None] * n
+        if not (len(self.masks) == len(self.cases) == len(self.names) == len(self.spacing_yx) == len(self.boxes) == n):
+            raise ValueError("images, masks, cases, names, spacing and boxes must have the same length")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -57,7 +65,39 @@ class SliceSet:
             [self.cases[i] for i in idx],
             [self.names[i] for i in idx],
             [self.spacing_yx[i] for i in idx],
+            [self.boxes[i] for i in idx],
         )
+
+
+def concat_slice_sets(*sets: SliceSet) -> SliceSet:
+    """One :class:`SliceSet` holding the slices of ``sets`` in order (same slice size)."""
+    sets = [s for s in sets if len(s)]
+    if not sets:
+        raise ValueError("nothing to concatenate")
+    return SliceSet(
+        np.concatenate([s.images for s in sets]),
+        np.concatenate([s.masks for s in sets]),
+        [c for s in sets for c in s.cases],
+        [n for s in sets for n in s.names],
+        [sp for s in sets for sp in s.spacing_yx],
+        [b for s in sets for b in s.boxes],
+    )
+
+
+def attach_crop_boxes(slices: SliceSet) -> SliceSet:
+    """Fill in the body crop box of every slice that has none, from that slice alone (2D slices).
+
+    Slices cut from a volume get their boxes from the volume's 3D body mask
+    instead (:func:`load_volume_slices`), as at inference.
+    """
+    from .body import body_mask, crop_box
+
+    for i, box in enumerate(slices.boxes):
+        if box is None:
+            sp = slices.spacing_yx[i]
+            body = body_mask(slices.images[i : i + 1], None if sp is None else (1.0, *sp))
+            slices.boxes[i] = crop_box(body[0], sp)
+    return slices
 
 
 def default_data_dir() -> Path:
@@ -124,38 +164,90 @@ def load_finding_lungs(
     images = np.stack([_decode_tif(pairs[k]["image"], k).astype(np.int16) for k in keys])
     masks = np.stack([_decode_tif(pairs[k]["mask"], k) > 0 for k in keys])
     cases = [k.split("_Z_")[0] for k in keys]
-    return SliceSet(images, masks, cases, keys)
+    return SliceSet(images, masks, cases, keys)  # pixel spacing unknown: not stored in the TIFFs
 
 
 def load_volume_slices(
-    image_path: str | Path, mask_path: str | Path, case: str | None = None, axial_only_with_lung: bool = False
+    image_path: str | Path,
+    mask_path: str | Path | None,
+    case: str | None = None,
+    axial_only_with_lung: bool = False,
+    slices=None,
 ) -> SliceSet:
-    """Read a CT volume and its lung mask (any SimpleITK format) as canonical axial slices.
+    """Read a CT volume (file or DICOM folder) and its lung mask as canonical axial slices.
 
     Slices are reoriented with :class:`geometry.AxialReorientation`; the mask is
-    binarised (any non-zero label is lung).
+    binarised (any non-zero label is lung).  ``mask_path`` None means "no lung"
+    (all-zero masks).  ``slices``: canonical indices to keep (0 = most
+    inferior).  Each slice's crop box comes from the volume's 3D body mask, as
+    at inference.
     """
     import SimpleITK as sitk
 
+    from .body import body_mask, crop_box
     from .geometry import AxialReorientation
     from .io import read_image
 
     img = read_image(image_path)
-    msk = read_image(mask_path)
-    if img.GetSize() != msk.GetSize():
-        raise ValueError(f"{mask_path}: mask size {msk.GetSize()} differs from image size {img.GetSize()}")
     reo = AxialReorientation.from_image(img)
     hu = reo.to_canonical(sitk.GetArrayViewFromImage(img)).astype(np.int16)
-    lung = reo.to_canonical(sitk.GetArrayViewFromImage(msk)) > 0
-    keep = np.flatnonzero(lung.any(axis=(1, 2))) if axial_only_with_lung else np.arange(hu.shape[0])
+    if mask_path is not None:
+        msk = read_image(mask_path)
+        if img.GetSize() != msk.GetSize():
+            raise ValueError(f"{mask_path}: mask size {msk.GetSize()} differs from image size {img.GetSize()}")
+        lung = reo.to_canonical(sitk.GetArrayViewFromImage(msk)) > 0
+    else:
+        lung = np.zeros(hu.shape, bool)
+    keep = np.arange(hu.shape[0]) if slices is None else np.asarray(list(slices), int)
+    if keep.size and (keep.min() < 0 or keep.max() >= hu.shape[0]):
+        raise ValueError(f"{image_path}: slice numbers must lie in 0..{hu.shape[0] - 1}")
+    if axial_only_with_lung:
+        keep = keep[lung[keep].any(axis=(1, 2))]
+    body = body_mask(hu, reo.spacing_zyx)
+    spacing_yx = reo.spacing_zyx[1:]
     case = case or Path(image_path).name.split(".")[0]
     return SliceSet(
         np.ascontiguousarray(hu[keep]),
         np.ascontiguousarray(lung[keep]),
         [case] * len(keep),
         [f"{case}_z{int(z):04d}" for z in keep],
-        [reo.spacing_zyx[1:]] * len(keep),
+        [spacing_yx] * len(keep),
+        [crop_box(body[z], spacing_yx) for z in keep],
     )
+
+
+def lung_free_catalogue() -> dict:
+    """The recorded lung-free slices (``lung_free_slices.json`` beside this module)."""
+    import json
+
+    return json.loads((Path(__file__).with_name("lung_free_slices.json")).read_text())
+
+
+def load_lung_free_slices(data_dir: str | Path | None = None, use: str = "train") -> SliceSet:
+    """Slices recorded as holding no lung, with all-zero masks, for ``use`` "train" or "held-out".
+
+    Volumes missing from ``data_dir`` are skipped with a warning, so training on
+    the Kaggle slices alone still works where the volumes are absent.
+    """
+    import warnings
+
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    parts = []
+    for entry in lung_free_catalogue()["volumes"]:
+        if entry["use"] != use:
+            continue
+        path = root / entry["path"]
+        if not path.exists():
+            warnings.warn(f"lung-free slices: {path} not found, skipped", stacklevel=2)
+            continue
+        indices = [z for first, last in entry["ranges"] for z in range(first, last + 1)]
+        parts.append(load_volume_slices(path, None, case=Path(entry["path"]).name.split(".")[0], slices=indices))
+    if not parts:
+        return SliceSet(np.zeros((0, 1, 1), np.int16), np.zeros((0, 1, 1), bool), [], [])
+    shapes = {p.images.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        raise ValueError(f"lung-free volumes have different slice sizes {shapes}")
+    return concat_slice_sets(*parts)
 
 
 def split_by_case(cases: list[str], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:

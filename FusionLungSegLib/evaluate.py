@@ -8,7 +8,14 @@ import numpy as np
 
 from .metrics import TABLE2_KEYS, dice, hd95, table2_metrics, volume_ml
 
-__all__ = ["evaluate_slices", "evaluate_label_images", "summarise", "format_table", "PAPER_TABLE2"]
+__all__ = [
+    "evaluate_slices",
+    "evaluate_label_images",
+    "lung_ml_by_slice_range",
+    "summarise",
+    "format_table",
+    "PAPER_TABLE2",
+]
 
 #: FusionLungNet on LungSegDB (paper, Table 2), percentages; U-Net baseline IoU 95.02.
 PAPER_TABLE2 = {"iou": 98.04, "f1": 99.02, "precision": 98.65, "recall": 99.41, "accuracy": 99.73, "mcc": 98.67}
@@ -21,6 +28,7 @@ def evaluate_slices(segmenter, slices, postprocess: bool = False) -> list[dict]:
     to each slice (as a one-slice volume); without it the raw network output is
     scored, as in the paper.
     """
+    from .body import ASSUMED_PIXEL_MM
     from .postprocess import clean_lung_mask
 
     rows = []
@@ -28,7 +36,7 @@ def evaluate_slices(segmenter, slices, postprocess: bool = False) -> list[dict]:
         hu = slices.images[i : i + 1]
         mask = segmenter.predict_canonical(hu, slices.spacing_yx[i])
         if postprocess:
-            mask = clean_lung_mask(mask, (1.0, *slices.spacing_yx[i]))
+            mask = clean_lung_mask(mask, (1.0, *(slices.spacing_yx[i] or (ASSUMED_PIXEL_MM,) * 2)))
         mask = mask[0]
         rows.append({"case": slices.names[i], **table2_metrics(mask, slices.masks[i])})
     return rows
@@ -57,12 +65,53 @@ def evaluate_label_images(pred, ref) -> dict:
     row["hd95_mm"] = hd95(p > 0, r > 0, spacing)
     row["volume_ml"] = volume_ml(p > 0, spacing)
     row["ref_volume_ml"] = volume_ml(r > 0, spacing)
+    if p.ndim == 3:  # lung called on axial slices where the reference has none (neck, abdomen)
+        from .geometry import AxialReorientation
+
+        reo = AxialReorientation.from_image(ref)
+        p_can, r_can = reo.to_canonical(p), reo.to_canonical(r)
+        free = ~(r_can > 0).any(axis=(1, 2))
+        row["ml_on_ref_free_slices"] = volume_ml(p_can[free] > 0, reo.spacing_zyx)
+        row["ref_free_slices"] = int(free.sum())
     if (r == 1).any() or (r == 2).any():  # reference has right/left labels
         for label, side in ((1, "right"), (2, "left")):
             row[f"dice_{side}"] = dice(p == label, r == label)
+            row[f"hd95_{side}_mm"] = hd95(p == label, r == label, spacing)
             row[f"volume_{side}_ml"] = volume_ml(p == label, spacing)
             row[f"ref_volume_{side}_ml"] = volume_ml(r == label, spacing)
     return row
+
+
+def lung_ml_by_slice_range(labels, ranges: int | list[tuple[int, int]] = 10) -> list[dict]:
+    """Lung volume (mL, right and left) per range of canonical axial slices of a label ``SimpleITK.Image``.
+
+    ``ranges``: a number of equal ranges, or a list of inclusive ``(first, last)``
+    canonical slice numbers (0 = most inferior).
+    """
+    import SimpleITK as sitk
+
+    from .geometry import AxialReorientation
+
+    reo = AxialReorientation.from_image(labels)
+    lab = reo.to_canonical(sitk.GetArrayViewFromImage(labels))
+    n = lab.shape[0]
+    if isinstance(ranges, int):
+        edges = np.linspace(0, n, max(1, min(ranges, n)) + 1).round().astype(int)
+        ranges = [(int(a), int(b) - 1) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    voxel_ml = float(np.prod(reo.spacing_zyx)) / 1000.0
+    rows = []
+    for first, last in ranges:
+        part = lab[max(0, first) : min(n, last + 1)]
+        right, left = int(np.count_nonzero(part == 1)), int(np.count_nonzero(part == 2))
+        rows.append(
+            {
+                "slices": [int(first), int(last)],
+                "right_ml": round(right * voxel_ml, 1),
+                "left_ml": round(left * voxel_ml, 1),
+                "slices_with_lung": int(np.count_nonzero((part > 0).any(axis=(1, 2)))),
+            }
+        )
+    return rows
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:

@@ -13,21 +13,24 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from .body import BODY_CROP, body_mask, crop_box
 from .geometry import AxialReorientation
 from .model import FusionLungNet
-from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess
+from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess_with_report
 from .preprocess import HU_WINDOW, from_network, to_network
 from .train import resolve_device
 from .weights import load_weights
 
 __all__ = [
     "LungSegmenter",
+    "SegmentationResult",
     "SegmentationCancelled",
     "InvalidInputError",
     "validate_ct",
@@ -133,6 +136,8 @@ class LungSegmenter:
         progress: show a tqdm bar when no ``progress`` callback is given.
         model: an already built network (for tests or custom training); skips ``weights``.
         sha256: expected hash of a non-bundled ``weights`` file.
+        body_crop: crop each slice to the patient's body before the network (None = as the
+            weights were trained, from their metadata).
     """
 
     def __init__(
@@ -147,6 +152,7 @@ class LungSegmenter:
         sha256: str | None = None,
         hu_window: tuple[float, float] | None = None,
         threshold: float = 0.5,
+        body_crop: bool | None = None,
     ):
         self.device = resolve_device(device)
         meta: dict = {}
@@ -185,9 +191,13 @@ class LungSegmenter:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.progress = progress
         self.threshold = threshold
+        #: crop box parameters (margin, minimum side in mm) or None for the whole slice
+        crop = meta.get("body_crop") if body_crop is None else (BODY_CROP if body_crop else None)
+        self.body_crop: dict | None = dict(crop) if crop else None
         #: seconds per stage of the last :meth:`segment` call: checks_and_reorient, slices
         #: (preprocess + network + back to the slice grid), postprocess
         self.last_timings: dict[str, float] = {}
+        self.last_result: SegmentationResult | None = None
 
     # ------------------------------------------------------------ network
     @torch.inference_mode()
@@ -220,16 +230,30 @@ class LungSegmenter:
             self.model = self.model.cpu()
             return self._forward(x)
 
+    def crop_boxes(self, body: np.ndarray, spacing_yx) -> list:
+        """The network's box on each slice of a canonical body mask (None everywhere without cropping)."""
+        if self.body_crop is None:
+            return [None] * body.shape[0]
+        return [crop_box(body[z], spacing_yx, **self.body_crop) for z in range(body.shape[0])]
+
     @torch.inference_mode()
     def predict_canonical(
         self,
         hu: np.ndarray,
-        spacing_yx: tuple[float, float],
+        spacing_yx: tuple[float, float] | None,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        body: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Lung mask (Z, H, W) bool for canonical HU slices (Z, H, W), batch by batch."""
+        """Lung mask (Z, H, W) bool for canonical HU slices (Z, H, W), batch by batch.
+
+        ``spacing_yx`` in mm (None: unknown, square pixels); ``body``, the canonical
+        body mask, is computed here when cropping needs it and none is given.
+        """
         n = hu.shape[0]
+        if self.body_crop is not None and body is None:
+            body = body_mask(hu, None if spacing_yx is None else (1.0, *spacing_yx))
+        boxes = self.crop_boxes(body, spacing_yx) if body is not None else [None] * n
         mask = np.zeros(hu.shape, dtype=bool)
         bar = None
         if progress is None and self.progress:
@@ -250,9 +274,14 @@ class LungSegmenter:
                 batch = torch.from_numpy(batch)
                 if self.device.type == "cuda":
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
-                x, frame = to_network(batch, self.input_size, spacing_yx, self.hu_window)
-                prob = self._forward_with_retry(x)
-                mask[z:z1] = (from_network(prob, frame) > self.threshold).cpu().numpy()
+                # Each slice has its own crop box: prepare slice by slice, run the network on the batch.
+                pairs = [
+                    to_network(batch[i : i + 1], self.input_size, spacing_yx, self.hu_window, boxes[z + i])
+                    for i in range(z1 - z)
+                ]
+                prob = self._forward_with_retry(torch.cat([x for x, _ in pairs]))
+                for i, (_, frame) in enumerate(pairs):
+                    mask[z + i] = (from_network(prob[i : i + 1], frame)[0] > self.threshold).cpu().numpy()
                 z = z1
                 if bar is not None:
                     bar.update(z1 - bar.n)
@@ -264,14 +293,16 @@ class LungSegmenter:
         return mask
 
     # ------------------------------------------------------------ volume
-    def segment(self, image, progress: ProgressFn | None = None, cancel: CancelFn | None = None):
-        """Segment a 3D CT (HU) ``SimpleITK.Image``; returns a uint8 label image on the same grid.
+    def run(self, image, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> SegmentationResult:
+        """Segment a 3D CT (HU) ``SimpleITK.Image``: labels on the same grid, lung volumes and a QC verdict.
 
         ``progress(fraction, message)`` is called after each batch (fraction in
         [0, 1]); ``cancel()`` returning True raises :class:`SegmentationCancelled`
         before the next batch.  The input image is not modified.
         """
         import SimpleITK as sitk
+
+        from .qc import quality_check
 
         clock = time.perf_counter
         t0 = clock()
@@ -282,7 +313,8 @@ class LungSegmenter:
             out.CopyInformation(image)
             if progress is not None:
                 progress(1.0, "no tissue in the image: nothing to segment")
-            return out
+            spacing = tuple(reversed(image.GetSpacing()))
+            return SegmentationResult(out, quality_check(np.zeros((1, 1, 1), np.uint8), spacing))
         reo = AxialReorientation.from_image(image)
         hu = reo.to_canonical(sitk.GetArrayViewFromImage(image))
 
@@ -290,20 +322,31 @@ class LungSegmenter:
             if progress is not None:
                 progress(0.95 * fraction, message)
 
+        body = body_mask(hu, reo.spacing_zyx)
         t1 = clock()
-        mask = self.predict_canonical(hu, reo.spacing_zyx[1:], report if progress else None, cancel)
+        mask = self.predict_canonical(hu, reo.spacing_zyx[1:], report if progress else None, cancel, body=body)
         if cancel is not None and cancel():
             raise SegmentationCancelled("cancelled before post-processing")
         if progress is not None:
             progress(0.95, "post-processing")
         t2 = clock()
-        labels = postprocess(mask, reo.spacing_zyx, threshold=0.5, hu=hu)
+        labels, removed = postprocess_with_report(mask, reo.spacing_zyx, threshold=0.5, body=body)
+        del mask
+        qc = quality_check(labels, reo.spacing_zyx, body, removed)
         out = sitk.GetImageFromArray(np.ascontiguousarray(reo.from_canonical(labels)))
         out.CopyInformation(image)
         self.last_timings = {"checks_and_reorient": t1 - t0, "slices": t2 - t1, "postprocess": clock() - t2}
         if progress is not None:
             progress(1.0, "done")
-        return out
+        return SegmentationResult(out, qc)
+
+    def segment(self, image, progress: ProgressFn | None = None, cancel: CancelFn | None = None):
+        """Segment a 3D CT (HU) ``SimpleITK.Image``; returns a uint8 label image on the same grid.
+
+        Same as :meth:`run` without the volumes and the QC verdict (kept in ``last_result``).
+        """
+        self.last_result = self.run(image, progress, cancel)
+        return self.last_result.labels
 
     def segment_file(self, input_path: str | Path, output_path: str | Path, progress: ProgressFn | None = None):
         """Read ``input_path`` (file or DICOM folder), segment, write the label map atomically."""
@@ -312,3 +355,22 @@ class LungSegmenter:
         labels = self.segment(read_image(input_path), progress=progress)
         write_image(labels, output_path)
         return labels
+
+
+@dataclass
+class SegmentationResult:
+    """What :meth:`LungSegmenter.run` returns.
+
+    ``labels``: uint8 ``SimpleITK.Image`` on the input's grid (0, 1 right lung, 2 left lung);
+    ``qc``: ``{"ok", "flags", "notes", "measures"}`` (see :func:`qc.quality_check`).
+    """
+
+    labels: object
+    qc: dict
+
+    @property
+    def volumes_ml(self) -> dict[str, float]:
+        """Lung volumes in mL: ``{"right lung", "left lung", "lungs"}``."""
+        m = self.qc["measures"]
+        right, left = m.get("right_lung_ml", 0.0), m.get("left_lung_ml", 0.0)
+        return {"right lung": right, "left lung": left, "lungs": round(right + left, 1)}

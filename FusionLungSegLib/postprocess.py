@@ -6,17 +6,24 @@ In canonical order x runs from the patient's right to the patient's left
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from scipy import ndimage
+
+from .body import body_mask, bounding_box, fill_holes_axial, outer_shell
 
 __all__ = [
     "RIGHT_LUNG",
     "LEFT_LUNG",
     "body_mask",
     "clean_lung_mask",
+    "select_lungs",
+    "SelectionReport",
     "remove_central_airways",
     "split_right_left",
     "postprocess",
+    "postprocess_with_report",
 ]
 
 RIGHT_LUNG = 1
@@ -52,18 +59,6 @@ def _select(labels: np.ndarray, n: int, keep_ids) -> np.ndarray:
     return lut[labels]
 
 
-def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    """Index box of the True voxels, grown by ``margin`` in y and x (whole array if empty)."""
-    box = []
-    for axis, pad in zip(range(3), (0, margin, margin)):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        if idx.size == 0:
-            return (slice(None),) * 3
-        box.append(slice(max(0, idx[0] - pad), min(mask.shape[axis], idx[-1] + 1 + pad)))
-    return tuple(box)
-
-
 def _axial_components(mask: np.ndarray):
     """Yield ``(index, component)`` for every 2D component of every axial slice.
 
@@ -71,32 +66,12 @@ def _axial_components(mask: np.ndarray):
     volume (one slice thick); ``component`` is its (h, w) boolean mask.  All
     slices are labelled in one call, inside the mask's bounding box.
     """
-    box = _bounding_box(mask, margin=0)
+    box = bounding_box(mask, margin=0)
     labels, _ = ndimage.label(mask[box], structure=_AXIAL4)
     for i, obj in enumerate(ndimage.find_objects(labels), start=1):
         if obj is not None:
             index = tuple(slice(o.start + (b.start or 0), o.stop + (b.start or 0)) for o, b in zip(obj, box))
             yield index, labels[obj][0] == i
-
-
-def _fill_holes_axial(mask: np.ndarray) -> np.ndarray:
-    """Fill holes slice by slice (vessels inside the lung are lung on an axial slice).
-
-    Same result as ``binary_fill_holes`` on each slice: background not 4-connected
-    to the slice's border is a hole.  Works inside the mask's bounding box.
-    """
-    out = mask.copy()
-    if not mask.any():
-        return out
-    box = _bounding_box(mask)
-    sub = mask[box]
-    background, n_background = ndimage.label(~sub, structure=_AXIAL4)
-    edges = (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1])
-    outside = np.unique(np.concatenate([e.ravel() for e in edges]))
-    hole = np.ones(n_background + 1, bool)
-    hole[outside] = False
-    out[box] |= hole[background]  # (mask voxels, label 0, may come out True here too: harmless)
-    return out
 
 
 def _midline_x(mask: np.ndarray) -> float:
@@ -105,53 +80,194 @@ def _midline_x(mask: np.ndarray) -> float:
     return float((profile * np.arange(profile.size)).sum() / profile.sum())
 
 
-def body_mask(hu: np.ndarray, threshold: float = -500.0, step: int = 2) -> np.ndarray:
-    """The patient's body on a canonical HU volume ``[z, y, x]``, holes filled on each axial slice.
+@dataclass
+class Component:
+    """One 3D component of the network's lung mask and what the rules found about it."""
 
-    The largest 3D component above ``threshold`` HU (so the lungs, enclosed by the
-    chest wall, are inside; air outside the patient, e.g. under a blanket or a
-    head holder, is not).  Computed every ``step`` pixels in-plane and expanded
-    back: it is a coarse test, not a contour.
-    """
-    tissue = np.asarray(hu[:, ::step, ::step]) > threshold
-    labels, n = ndimage.label(tissue, structure=_CONN6)
-    body = np.zeros(tissue.shape, bool)
-    if n:
-        body = _fill_holes_axial(_select(labels, n, [np.argmax(_per_label(labels, n)) + 1]))
-    body = body.repeat(step, axis=1).repeat(step, axis=2)
-    return body[:, : hu.shape[1], : hu.shape[2]]
+    label: int
+    box: tuple[slice, slice, slice]
+    voxels: int
+    ml: float
+    top: int  # most superior canonical slice
+    bottom: int
+    inside_body: float = 1.0  # fraction of voxels inside the body
+    at_surface: float = 0.0  # fraction of voxels in the body's outer shell
+    lateral_mm: float = 0.0  # farthest distance from the body's midline (x), mm
+    side: float = 0.5  # fraction of voxels on the patient's right of the midline
+    covered_from_above: float = 0.0  # fraction of its footprint with other lung candidates above it
+    reason: str = ""  # why it was removed ("" = kept)
 
 
-def clean_lung_mask(
+@dataclass
+class SelectionReport:
+    """What :func:`select_lungs` kept and removed (for the QC verdict)."""
+
+    components: list[Component] = field(default_factory=list)
+
+    def removed(self, reason: str | None = None) -> list[Component]:
+        return [c for c in self.components if c.reason and (reason is None or c.reason == reason)]
+
+    def removed_ml(self, reason: str | None = None) -> float:
+        return float(sum(c.ml for c in self.removed(reason)))
+
+
+#: Reasons a component of the network's mask is not lung (values of ``Component.reason``).
+OUTSIDE_BODY = "outside the body"
+AT_SURFACE = "at the body's surface"
+BELOW_LUNG = "below the diaphragm"
+FAR = "far from the lungs"
+TOO_SMALL = "too small"
+
+
+def _component_stats(labels, n, spacing_zyx, body, shell, midline: float | None) -> list[Component]:
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    voxel_ml = sz * sy * sx / 1000.0
+    sizes = _per_label(labels, n)
+    inside = _per_label(labels, n, where=body) if body is not None else sizes
+    surface = _per_label(labels, n, where=shell) if shell is not None else np.zeros(n)
+    if midline is None:
+        midline = float(_per_label(labels, n, x_weighted=True).sum() / max(sizes.sum(), 1))
+    out = []
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        sub = labels[box] == i
+        cols = np.flatnonzero(sub.any(axis=(0, 1))) + box[2].start
+        right = float(np.count_nonzero(sub[:, :, : max(0, int(np.ceil(midline)) - box[2].start)]))
+        out.append(
+            Component(
+                label=i,
+                box=box,
+                voxels=int(sizes[i - 1]),
+                ml=float(sizes[i - 1]) * voxel_ml,
+                top=box[0].stop - 1,
+                bottom=box[0].start,
+                inside_body=float(inside[i - 1] / sizes[i - 1]),
+                at_surface=float(surface[i - 1] / sizes[i - 1]),
+                lateral_mm=float(max(abs(cols[0] - midline), abs(cols[-1] - midline)) * sx),
+                side=right / sizes[i - 1],
+            )
+        )
+    return out
+
+
+def _covered_from_above(labels: np.ndarray, comps: list[Component], candidates: list[Component]) -> None:
+    """For each candidate: the fraction of its footprint (y, x) where another candidate lies higher."""
+    lut = np.zeros(labels.max() + 1, bool)
+    lut[[c.label for c in candidates]] = True
+    n_z = labels.shape[0]
+    highest = np.full(labels.shape[1:], -1, np.int32)  # most superior candidate voxel of each column
+    for z in range(n_z):
+        highest[lut[labels[z]]] = z
+    for c in candidates:
+        sub = labels[c.box] == c.label
+        footprint = sub.any(axis=0)
+        top = c.box[0].start + (sub.shape[0] - 1 - np.argmax(sub[::-1], axis=0))
+        above = highest[c.box[1:]] > top
+        c.covered_from_above = float(np.count_nonzero(above & footprint) / max(1, np.count_nonzero(footprint)))
+
+
+def _near(labels: np.ndarray, comp: Component, seeds: np.ndarray, spacing_zyx, distance_mm: float) -> bool:
+    """Whether a voxel of ``comp`` lies within ``distance_mm`` of a ``seeds`` voxel."""
+    pad = [int(np.ceil(distance_mm / float(s))) + 1 for s in spacing_zyx]
+    box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(comp.box, pad, labels.shape))
+    local_seeds = seeds[box]
+    if not local_seeds.any():
+        return False
+    distance = ndimage.distance_transform_edt(~local_seeds, sampling=spacing_zyx)
+    return bool((distance[labels[box] == comp.label] <= distance_mm).any())
+
+
+def select_lungs(
     mask: np.ndarray,
     spacing_zyx,
-    min_fraction: float = 0.05,
-    min_ml: float = 5.0,
     body: np.ndarray | None = None,
-) -> np.ndarray:
-    """Keep the lungs' connected components and fill holes.
+    min_ml: float = 1.0,
+    seed_fraction: float = 0.02,
+    seed_window_mm: float = 30.0,
+    lateral_mm: float = 25.0,
+    near_mm: float = 10.0,
+) -> tuple[np.ndarray, SelectionReport]:
+    """Keep the components of a canonical lung mask that belong to the two lungs.
 
-    Keeps the largest 3D component and any other component holding at least
-    ``min_fraction`` of its volume and ``min_ml`` millilitres (the two lungs
-    may or may not touch).  With a ``body`` mask, a component other than the
-    largest must also lie mostly (over half its voxels) inside the body: air
-    pockets outside the patient look like lung to a 2D network.  Returns a new
-    boolean array.
+    No component is kept for its size alone.  With the ``body`` mask, a
+    component is removed when it lies mostly outside the body (air in a cushion
+    or under a blanket) or mostly in the body's outer 4 mm (skin folds).  A
+    component is removed as gas below the diaphragm when, over half of its
+    footprint, other candidates lie above it and together outweigh it (stomach
+    and colon gas under the lung bases).  The lungs are then found: the largest
+    candidates lying away from the midline (``lateral_mm``) whose top is within
+    ``seed_window_mm`` of the most superior such candidate (so that on a scan of
+    the abdomen the lung bases, not bowel gas, are the lungs), one per side unless
+    one component spans both.  Every other component must lie within
+    ``near_mm`` of them.  Returns the kept voxels (not hole-filled) and a report.
     """
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return mask.copy()
-    labels, n = ndimage.label(mask, structure=_CONN6)
-    sizes = _per_label(labels, n)
-    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    largest = sizes.max()
-    keep = (sizes >= min_fraction * largest) & (sizes * voxel_ml >= min_ml)
+    full = np.asarray(mask, dtype=bool)
+    report = SelectionReport()
+    if not full.any():
+        return full.copy(), report
+    # Work inside the candidates' box (with room for the 4 mm surface band): labelling is the cost.
+    margin = int(np.ceil(4.0 / min(float(s) for s in spacing_zyx[1:]))) + 1
+    crop = bounding_box(full, margin=margin)
+    mask = full[crop]
+    midline = None
     if body is not None:
-        keep &= _per_label(labels, n, where=body) > 0.5 * sizes
-    keep |= sizes == largest
-    kept = _select(labels, n, np.flatnonzero(keep) + 1)
-    del labels
-    return _fill_holes_axial(kept)
+        midline = (_midline_x(body) if body.any() else mask.shape[2] / 2) - (crop[2].start or 0)
+        body = body[crop]
+    labels, n = ndimage.label(mask, structure=_CONN6)
+    shell = outer_shell(body, spacing_zyx) if body is not None else None
+    comps = _component_stats(labels, n, spacing_zyx, body, shell, midline)
+    del shell
+    report.components = comps
+    sz = float(spacing_zyx[0])
+    speck = min(min_ml, 0.005 * max(c.ml for c in comps))  # relative, so thin slabs keep their lungs
+    for c in comps:
+        if c.ml < speck:
+            c.reason = TOO_SMALL
+        elif c.inside_body < 0.5:
+            c.reason = OUTSIDE_BODY
+        elif c.at_surface > 0.3:
+            c.reason = AT_SURFACE
+    live = [c for c in comps if not c.reason]
+    _covered_from_above(labels, comps, live)
+    for c in live:
+        higher = sum(o.ml for o in live if o is not c and o.top > c.top)
+        if c.covered_from_above >= 0.5 and higher > c.ml:
+            c.reason = BELOW_LUNG
+    live = [c for c in live if not c.reason]
+    lateral = [c for c in live if c.lateral_mm >= lateral_mm]
+    seeds: list[Component] = []
+    if lateral:
+        floor = seed_fraction * max(c.ml for c in lateral)
+        eligible = [c for c in lateral if c.ml >= floor]
+        highest = max(c.top for c in eligible)
+        window = [c for c in eligible if (highest - c.top) * sz <= seed_window_mm]
+        first = max(window, key=lambda c: c.ml)
+        seeds.append(first)
+        if 0.2 < first.side < 0.8:  # one component holds both lungs
+            pass
+        else:
+            first_right = first.side >= 0.5
+            others = [c for c in window if c is not first and (c.side >= 0.5) != first_right]
+            if others:
+                seeds.append(max(others, key=lambda c: c.ml))
+    seed_mask = _select(labels, n, [c.label for c in seeds]) if seeds else np.zeros(mask.shape, bool)
+    for c in live:
+        if c not in seeds and not _near(labels, c, seed_mask, spacing_zyx, near_mm):
+            c.reason = FAR
+    keep = [c.label for c in comps if not c.reason]
+    kept = np.zeros(full.shape, bool)
+    if keep:
+        kept[crop] = _select(labels, n, keep)
+    for c in comps:  # report in the volume's own slice numbers
+        c.box = tuple(slice(b.start + (o.start or 0), b.stop + (o.start or 0)) for b, o in zip(c.box, crop))
+        c.top, c.bottom = c.top + (crop[0].start or 0), c.bottom + (crop[0].start or 0)
+    return kept, report
+
+
+def clean_lung_mask(mask: np.ndarray, spacing_zyx, body: np.ndarray | None = None) -> np.ndarray:
+    """The lungs' components of a canonical mask (see :func:`select_lungs`), holes filled per slice."""
+    return fill_holes_axial(select_lungs(mask, spacing_zyx, body)[0])
 
 
 def _split_component_2d(comp: np.ndarray, midline: float) -> tuple[np.ndarray, np.ndarray]:
@@ -235,24 +351,48 @@ def remove_central_airways(
     return out
 
 
-def postprocess(prob: np.ndarray, spacing_zyx, threshold: float = 0.5, hu: np.ndarray | None = None) -> np.ndarray:
+def postprocess(
+    prob: np.ndarray,
+    spacing_zyx,
+    threshold: float = 0.5,
+    hu: np.ndarray | None = None,
+    body: np.ndarray | None = None,
+) -> np.ndarray:
     """Canonical probability volume -> uint8 labels (0 background, 1 right, 2 left).
 
-    ``hu``, the canonical CT itself, lets components outside the patient's body be dropped.
+    ``hu``, the canonical CT itself, or its ``body`` mask lets the body rules of
+    :func:`select_lungs` apply.
     """
-    body = body_mask(hu) if hu is not None else None
-    lungs = clean_lung_mask(remove_central_airways(prob > threshold, spacing_zyx), spacing_zyx, body=body)
-    del body
-    labels = split_right_left(lungs)
-    # Each side: keep its largest 3D component (drops stray islands created by the split).
+    return postprocess_with_report(prob, spacing_zyx, threshold, hu, body)[0]
+
+
+def postprocess_with_report(
+    prob: np.ndarray,
+    spacing_zyx,
+    threshold: float = 0.5,
+    hu: np.ndarray | None = None,
+    body: np.ndarray | None = None,
+) -> tuple[np.ndarray, SelectionReport]:
+    """:func:`postprocess`, and the report of which components were removed and why."""
+    if body is None and hu is not None:
+        body = body_mask(hu, spacing_zyx)
+    candidates = remove_central_airways(prob > threshold, spacing_zyx)
+    kept, report = select_lungs(candidates, spacing_zyx, body)
+    del candidates
+    labels = np.zeros(kept.shape, np.uint8)
+    if not kept.any():
+        return labels, report
+    box = bounding_box(kept, margin=1)
+    sub = split_right_left(fill_holes_axial(kept[box]))
+    # Each side: drop stray islands the split may create (under 5 % of that side's largest part).
     for side in (RIGHT_LUNG, LEFT_LUNG):
-        part = labels == side
+        part = sub == side
         if not part.any():
             continue
         lab, n = ndimage.label(part, structure=_CONN6)
         if n > 1:
             sizes = _per_label(lab, n)
-            largest = sizes.max()
-            small = _select(lab, n, np.flatnonzero(sizes < 0.05 * largest) + 1)
-            labels[small] = 0
-    return labels
+            small = _select(lab, n, np.flatnonzero(sizes < 0.05 * sizes.max()) + 1)
+            sub[small] = 0
+    labels[box] = sub
+    return labels, report

@@ -8,7 +8,7 @@ import numpy as np
 
 from .geometry import AxialReorientation
 
-__all__ = ["overlay_png", "LABEL_COLOURS_BGR"]
+__all__ = ["overlay_png", "axial_strip_png", "LABEL_COLOURS_BGR"]
 
 #: Overlay colours (OpenCV BGR): right lung orange-brown, left lung blue-ish.
 LABEL_COLOURS_BGR = {1: (84, 161, 205), 2: (220, 150, 60)}
@@ -68,6 +68,58 @@ def overlay_png(image, labels, path: str | Path, height: int = 512, alpha: float
     for text, x0 in (("axial", 6), ("coronal", axial.shape[1] + 14))[: len(panels)]:
         cv2.putText(canvas, text, (x0, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
     cv2.putText(canvas, "R", (6, height - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(p), canvas):
+        raise OSError(f"cannot write PNG {p}")
+    return p
+
+
+def axial_strip_png(
+    image,
+    labels=None,
+    path: str | Path = "strip.png",
+    every: int | None = None,
+    columns: int = 8,
+    tile: int = 192,
+    alpha: float = 0.35,
+    max_tiles: int = 48,
+) -> Path:
+    """Write a grid of axial slices, superior (neck) first, with the lungs tinted and outlined.
+
+    ``every``: slice step (None = the smallest step that shows at most ``max_tiles``
+    slices).  Each tile is captioned with its canonical slice index (0 = most
+    inferior) and the lung volume on that slice in mL, so a whole volume can be
+    checked at a glance.  ``image`` and ``labels`` are ``SimpleITK.Image`` on the same grid.
+    """
+    import cv2
+    import SimpleITK as sitk
+
+    reo = AxialReorientation.from_image(image)
+    hu = reo.to_canonical(sitk.GetArrayViewFromImage(image))
+    lab = reo.to_canonical(sitk.GetArrayViewFromImage(labels)) if labels is not None else None
+    n = hu.shape[0]
+    sz, sy, sx = reo.spacing_zyx
+    step = int(every) if every else max(1, -(-n // max_tiles))
+    order = list(range(n - 1, -1, -step))  # superior first
+    voxel_ml = sz * sy * sx / 1000.0
+    tiles = []
+    for z in order:
+        lab2d = lab[z] if lab is not None else np.zeros(hu.shape[1:], np.uint8)
+        img = _panel(hu[z], lab2d, (sy, sx), tile, alpha)
+        ml = float(np.count_nonzero(lab2d)) * voxel_ml
+        text = f"z{z}" + (f" {ml:.0f} mL" if lab is not None else "")
+        cv2.putText(img, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(img, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(img)
+    width = max(t.shape[1] for t in tiles)
+    tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in tiles]
+    rows = []
+    for r in range(0, len(tiles), columns):
+        row = tiles[r : r + columns]
+        row += [np.zeros_like(tiles[0])] * (columns - len(row))
+        rows.append(np.concatenate(row, axis=1))
+    canvas = np.concatenate(rows, axis=0)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(p), canvas):

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Augment, SliceSet, load_finding_lungs, split_by_case
+from .body import BODY_CROP
+from .data import Augment, SliceSet, attach_crop_boxes, load_finding_lungs, load_lung_free_slices, split_by_case
 from .losses import DeepSupervisionLoss, HybridLoss
 from .metrics import TABLE2_KEYS, table2_metrics
 from .model import FusionLungNet, count_parameters, load_encoder_weights
@@ -50,6 +51,11 @@ class TrainConfig:
     augment: bool = True
     hu_window: tuple[float, float] = HU_WINDOW
     log_every: int = 0
+    body_crop: bool = True  # crop every slice to the body's box (the same code path as inference)
+    lung_free_fraction: float = 0.25  # share of each batch drawn from the recorded lung-free slices
+    lung_free_data: str | None = None  # data folder holding dev/ volumes; None = the default data folder
+    init_weights: str | None = None  # start from a weights file ("bundled" = the bundled model)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     extra: dict = field(default_factory=dict)
 
 
@@ -79,11 +85,14 @@ def _seed_everything(seed: int) -> None:
 
 
 def _to_network_set(slices: SliceSet, size: int, window) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network input and target of every slice, each cropped to its own ``boxes`` entry."""
     xs, ms = [], []
     for i in range(len(slices)):
-        x, frame = to_network(slices.images[i : i + 1], size, slices.spacing_yx[i], window)
+        x, frame = to_network(slices.images[i : i + 1], size, slices.spacing_yx[i], window, slices.boxes[i])
         xs.append(x)
         ms.append(mask_to_network(slices.masks[i : i + 1], frame))
+    if not xs:
+        return torch.zeros(0, 1, size, size), torch.zeros(0, 1, size, size)
     return torch.cat(xs), (torch.cat(ms) > 0.5).float()
 
 
@@ -100,9 +109,10 @@ def predict_slices(
     model.eval()
     out = []
     for i in range(0, len(slices), batch_size):
-        x, frame = to_network(slices.images[i : i + batch_size], size, slices.spacing_yx[i], window)
-        logits = model(x.to(device))[0]
-        out.append(from_network(torch.sigmoid(logits.float()).cpu(), frame).numpy())
+        idx = range(i, min(len(slices), i + batch_size))
+        pairs = [to_network(slices.images[j : j + 1], size, slices.spacing_yx[j], window, slices.boxes[j]) for j in idx]
+        prob = torch.sigmoid(model(torch.cat([x for x, _ in pairs]).to(device))[0].float()).cpu()
+        out.extend(from_network(prob[k : k + 1], frame).numpy() for k, (_, frame) in enumerate(pairs))
     return np.concatenate(out)
 
 
@@ -110,6 +120,32 @@ def _evaluate(model, val: SliceSet, size, device, window) -> dict[str, float]:
     prob = predict_slices(model, val, size, device, window)
     rows = [table2_metrics(prob[i] > 0.5, val.masks[i]) for i in range(len(val))]
     return {k: float(np.mean([r[k] for r in rows])) for k in TABLE2_KEYS}
+
+
+def _false_lung_fraction(model, free: SliceSet, size, device, window) -> float:
+    """Mean fraction of pixels called lung on slices that hold none."""
+    prob = predict_slices(model, free, size, device, window)
+    return float(np.mean(prob > 0.5))
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights (buffers such as batch-norm statistics are copied)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for avg, cur in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if avg.is_floating_point():
+                avg.mul_(self.decay).add_(cur.detach(), alpha=1.0 - self.decay)
+            else:
+                avg.copy_(cur)
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -124,14 +160,37 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     _seed_everything(cfg.seed)
 
     data = load_finding_lungs(cfg.data, limit=cfg.limit)
+    if cfg.body_crop:
+        attach_crop_boxes(data)
     train_idx, val_idx = split_by_case(data.cases, cfg.val_fraction, cfg.seed)
     train_set, val_set = data.subset(train_idx), data.subset(val_idx)
+    empty = SliceSet(np.zeros((0, 1, 1), np.int16), np.zeros((0, 1, 1), bool), [], [])
+    free_set = load_lung_free_slices(cfg.lung_free_data, "train") if cfg.lung_free_fraction > 0 else empty
+    free_val = load_lung_free_slices(cfg.lung_free_data, "held-out") if cfg.lung_free_fraction > 0 else empty
+    if not cfg.body_crop:  # the volumes' boxes come with them; without the crop the whole slice is used
+        for s in (free_set, free_val):
+            s.boxes = [None] * len(s)
     (out / "split.json").write_text(
-        json.dumps({"seed": cfg.seed, "train": train_set.names, "validation": val_set.names}, indent=1)
+        json.dumps(
+            {
+                "seed": cfg.seed,
+                "train": train_set.names,
+                "validation": val_set.names,
+                "lung_free_train": free_set.names,
+                "lung_free_held_out": free_val.names,
+            },
+            indent=1,
+        )
     )
     images, masks = _to_network_set(train_set, cfg.input_size, cfg.hu_window)
+    free_images, _ = _to_network_set(free_set, cfg.input_size, cfg.hu_window)
 
     model = FusionLungNet().to(device)
+    if cfg.init_weights:
+        from .weights import load_weights
+
+        state, _ = load_weights(None if cfg.init_weights == "bundled" else cfg.init_weights)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     if cfg.encoder_weights:
         missing = load_encoder_weights(model.encoder, cfg.encoder_weights)
         if missing:
@@ -142,6 +201,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     criterion = DeepSupervisionLoss(HybridLoss())
     gen = torch.Generator().manual_seed(cfg.seed)
     augment = Augment(generator=gen) if cfg.augment else None
+    ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
 
     start_epoch, best_iou, history = 0, -1.0, []
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -151,6 +211,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         state = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.model.load_state_dict(state.get("ema") or state["model"])
         start_epoch, best_iou, history = state["epoch"], state["best_iou"], state["history"]
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -162,7 +224,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         sizes = list(range(cfg.min_input_size, cfg.input_size + 1, 32)) or [cfg.input_size]
     t_start = time.monotonic()
     n = len(images)
-    steps = math.ceil(n / cfg.batch_size)
+    # Each batch: n_free lung-free slices (drawn at random) and the rest from the lung slices.
+    n_free = min(cfg.batch_size - 1, max(1, round(cfg.batch_size * cfg.lung_free_fraction))) if len(free_images) else 0
+    per_batch = cfg.batch_size - n_free
+    steps = math.ceil(n / per_batch)
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -173,8 +238,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         t0, total = time.monotonic(), 0.0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step in bar:
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            idx = perm[step * per_batch : (step + 1) * per_batch]
             x, y = images[idx], masks[idx]
+            if n_free:
+                pick = torch.randint(len(free_images), (n_free,), generator=gen)
+                x = torch.cat([x, free_images[pick]])
+                y = torch.cat([y, torch.zeros_like(free_images[pick])])
             if augment is not None:
                 x, y = augment(x, y)
             size = sizes[int(torch.randint(len(sizes), (1,), generator=gen))]
@@ -189,12 +258,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update(model)
             total += float(loss.detach())
             bar.set_postfix(loss=f"{total / (step + 1):.4f}")
             if cfg.log_every and (step + 1) % cfg.log_every == 0:
                 print(f"epoch {epoch + 1} step {step + 1}/{steps} loss {total / (step + 1):.4f}", flush=True)
         train_loss = total / steps
-        metrics = _evaluate(model, val_set, cfg.input_size, device, cfg.hu_window) if len(val_set) else {}
+        judged = ema.model if ema is not None else model  # validation (and best.pt) use the averaged weights
+        metrics = _evaluate(judged, val_set, cfg.input_size, device, cfg.hu_window) if len(val_set) else {}
+        if len(free_val):
+            size, window = cfg.input_size, cfg.hu_window
+            metrics["lung_free_fraction"] = _false_lung_fraction(judged, free_val, size, device, window)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -203,7 +278,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             "epoch_seconds": time.monotonic() - t0,
         }
         history.append(row)
-        val_iou = metrics.get("iou", -train_loss)
+        val_iou = metrics.get("iou", -train_loss)  # model choice: Kaggle validation IoU only
         improved = val_iou > best_iou
         best_iou = max(best_iou, val_iou)
         state = {
@@ -216,6 +291,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "validation": val_set.names,
+            "lung_free_train": free_set.names,
+            "ema": ema.model.state_dict() if ema is not None else None,
         }
         _atomic_save(state, last_path)
         if improved:
@@ -239,6 +316,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "parameters": count_parameters(model),
         "stopped_on_time_limit": stopped_early,
         "train_slices": len(train_set),
+        "lung_free_slices": len(free_set),
         "val_slices": len(val_set),
     }
 
@@ -282,9 +360,13 @@ def export_weights(checkpoint: str | Path, out_path: str | Path, extra_meta: dic
         "seed": cfg.get("seed"),
         "val_fraction": cfg.get("val_fraction"),
         "validation": list(state.get("validation", [])),
+        "body_crop": dict(BODY_CROP) if cfg.get("body_crop", False) else None,
+        "lung_free_training_slices": list(state.get("lung_free_train", [])),
+        "weights_averaged": bool(state.get("ema")),
         **(extra_meta or {}),
     }
-    half = {k: (v.half() if v.is_floating_point() else v) for k, v in state["model"].items()}
+    weights = state.get("ema") or state["model"]
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()}
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save({"state_dict": half, "meta": meta}, out)

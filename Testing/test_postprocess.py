@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from phantoms import chest
 from scipy import ndimage
 
+from FusionLungSegLib.body import fill_holes_axial
 from FusionLungSegLib.postprocess import (
     LEFT_LUNG,
     RIGHT_LUNG,
-    _fill_holes_axial,
-    body_mask,
     clean_lung_mask,
     postprocess,
+    postprocess_with_report,
     remove_central_airways,
     split_right_left,
 )
@@ -65,40 +66,69 @@ def test_empty_mask_stays_empty():
     assert not postprocess(np.zeros((3, 10, 10), np.float32), SPACING).any()
 
 
-def _chest_ct(shape=(30, 140, 160)):
-    """Canonical HU volume: body (40 HU) holding the two lungs (-850), air outside (-1000),
-    and an air pocket inside a thin shell behind the patient (like a cushion or head holder)."""
-    right, left = _lungs(shape)
-    z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]
-    hu = np.full(shape, -1000, np.int16)
-    body = ((x - 80) / 79) ** 2 + ((y - 62) / 57) ** 2 < 1
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    inner = ndimage.binary_erosion(body, structure=in_plane, iterations=2)
-    assert not ((right | left) & ~inner).any()  # the lungs lie well inside the body
-    hu[body] = 40
-    hu[right | left] = -850
-    hu[(y >= 122) & (y <= 134) & (x > 38) & (x < 122)] = 300  # the shell, not touching the body
-    pocket = (y >= 124) & (y < 133) & (x > 40) & (x < 120)
-    hu[pocket] = -900
-    return hu, right, left, pocket
+def _network_mask(p, *parts: str) -> np.ndarray:
+    """What a 2D network might call lung on a phantom: the lungs plus the named parts."""
+    mask = p.parts["lung_right"] | p.parts["lung_left"]
+    for name in parts:
+        mask = mask | p.parts[name]
+    return mask.astype(np.float32)
 
 
-def test_body_mask_holds_the_lungs_and_not_the_air_outside():
-    hu, right, left, pocket = _chest_ct()
-    body = body_mask(hu)
-    assert body[right | left].mean() > 0.99
-    assert body[pocket].mean() < 0.05
+def _assert_lungs_exact(labels, p):
+    assert np.array_equal(labels == RIGHT_LUNG, p.parts["lung_right"])
+    assert np.array_equal(labels == LEFT_LUNG, p.parts["lung_left"])
 
 
-def test_air_outside_the_body_is_dropped_even_when_large():
-    hu, right, left, pocket = _chest_ct()
-    mask = right | left | pocket  # what a 2D network may call lung
-    assert pocket.sum() > 0.05 * right.sum()  # large enough to pass the size rule
-    assert clean_lung_mask(mask, SPACING)[pocket].all()  # without the body it stays
-    labels = postprocess(mask.astype(np.float32), SPACING, hu=hu)
-    assert not labels[pocket].any()
-    assert np.array_equal(labels == RIGHT_LUNG, right) and np.array_equal(labels == LEFT_LUNG, left)
+def test_cushion_air_under_the_patient_is_not_lung():
+    # Real failure: the air inside a positioning cushion under the neck was labelled left lung (1.9 L).
+    p = chest(cushion=True)
+    prob = _network_mask(p, "cushion_air")
+    assert p.parts["cushion_air"].sum() > p.parts["lung_left"].sum()  # bigger than a lung: size cannot decide
+    labels, report = postprocess_with_report(prob, p.spacing_zyx, hu=p.hu)
+    _assert_lungs_exact(labels, p)
+    assert report.removed_ml("outside the body") > 0.9 * p.parts["cushion_air"].sum() * np.prod(p.spacing_zyx) / 1e3
+
+
+def test_stomach_and_colon_gas_under_the_lungs_are_not_lung():
+    # Real failure: stomach and colon gas below the diaphragm were labelled left lung.
+    p = chest(abdomen_gas=True)
+    labels, report = postprocess_with_report(_network_mask(p, "gas"), p.spacing_zyx, hu=p.hu)
+    _assert_lungs_exact(labels, p)
+    assert report.removed("below the diaphragm")
+
+
+def test_trachea_above_the_lungs_is_not_lung():
+    # Real failure: the trachea at the thoracic inlet was labelled right lung.
+    p = chest(trachea=True)
+    trachea = (p.hu == -1000) & p.parts["body"]
+    labels = postprocess(_network_mask(p) + trachea, p.spacing_zyx, hu=p.hu)
+    assert not labels[trachea].any()
+    _assert_lungs_exact(labels, p)
+
+
+def test_no_component_is_kept_for_being_the_largest():
+    p = chest(cushion=True)
+    only_air = p.parts["cushion_air"].astype(np.float32)  # nothing but cushion air: the largest, and not lung
+    assert not postprocess(only_air, p.spacing_zyx, hu=p.hu).any()
+
+
+def test_lung_bases_at_the_top_of_an_abdominal_scan_win_over_bigger_bowel_gas():
+    # An abdomen-and-pelvis scan whose last slices cut through the lung bases: the bases are the lungs
+    # even where bowel gas that no lung covers is larger.
+    p = chest(slices=30, abdomen_gas=True)
+    top = slice(20, 30)  # lungs on 7-24: keep the bases (20-24) and the abdomen below
+    hu = p.hu[:25].copy()
+    gas = p.parts["gas"][:25].copy()
+    gas[:, :, : gas.shape[2] // 2] = False  # one pocket under the left lung ...
+    big = np.zeros_like(gas)
+    big[0:6, 60:110, 110:150] = True  # ... and a big one far below, away from both lungs
+    hu[big] = -990
+    lungs = (p.parts["lung_right"] | p.parts["lung_left"])[:25]
+    lungs[: top.start] = False
+    prob = (lungs | gas | big).astype(np.float32)
+    assert big.sum() > lungs.sum()
+    labels = postprocess(prob, p.spacing_zyx, hu=hu)
+    assert np.array_equal(labels > 0, lungs)
 
 
 def test_fast_hole_filling_matches_scipy_slice_by_slice():
@@ -106,4 +136,4 @@ def test_fast_hole_filling_matches_scipy_slice_by_slice():
     mask = ndimage.binary_opening(rng.random((12, 50, 70)) > 0.45)
     mask[:, 0, :] |= rng.random((12, 70)) > 0.5  # touching the border
     expected = np.stack([ndimage.binary_fill_holes(m) for m in mask])
-    assert np.array_equal(_fill_holes_axial(mask), expected)
+    assert np.array_equal(fill_holes_axial(mask), expected)

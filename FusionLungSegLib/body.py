@@ -1,0 +1,229 @@
+"""The patient's body on a canonical CT ``[z, y, x]`` and the square box the network sees.
+
+The body mask is the patient only: tissue above a HU threshold, opened in each
+axial slice with a disc of a few millimetres so that thin structures touching
+the skin (the shell of an air cushion, the table top, blankets, cables) come
+loose, the largest 3D component, holes filled per slice (lungs, airways and
+bowel gas are inside the body; air under a cushion or a head holder is not).
+
+Training and inference crop every slice to :func:`crop_box` of the body, so
+that a 500 mm field of view with a small patient and a 300 mm field of view
+filled by the patient look alike to the network.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "ASSUMED_PIXEL_MM",
+    "BODY_CROP",
+    "body_mask",
+    "crop_box",
+    "outer_shell",
+]
+
+#: In-plane pixel size assumed when a slice comes without spacing (2D training slices): a typical
+#: 512-pixel chest field of view of about 360 mm.
+ASSUMED_PIXEL_MM = 0.7
+
+#: How the network's input box is drawn around the body (recorded in exported weights' metadata).
+BODY_CROP = {"margin_mm": 10.0, "min_side_mm": 120.0}
+
+_CONN6 = ndimage.generate_binary_structure(3, 1)
+_AXIAL4 = np.zeros((3, 3, 3), bool)
+_AXIAL4[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def _disc(radius_px: int) -> np.ndarray:
+    r = max(0, int(radius_px))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy**2 + xx**2 <= r * r + r).astype(np.uint8)  # "+ r" rounds the disc like a pixel circle
+
+
+def fill_holes_axial(mask: np.ndarray) -> np.ndarray:
+    """Fill holes slice by slice: background not 4-connected to the slice's border becomes True.
+
+    Same result as ``binary_fill_holes`` on every axial slice; works inside the
+    mask's bounding box.  Returns a new array.
+    """
+    out = np.array(mask, dtype=bool, copy=True)
+    if not out.any():
+        return out
+    box = bounding_box(out, margin=1)
+    sub = out[box]
+    background, n_background = ndimage.label(~sub, structure=_AXIAL4)
+    edges = (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1])
+    outside = np.unique(np.concatenate([e.ravel() for e in edges]))
+    hole = np.ones(n_background + 1, bool)
+    hole[outside] = False
+    out[box] |= hole[background]  # label 0 (mask voxels) may come out True here too: harmless
+    return out
+
+
+def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    """Index box of the True voxels of a 3D mask, grown by ``margin`` in y and x (whole array if empty)."""
+    box = []
+    for axis, pad in zip(range(3), (0, margin, margin)):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        if idx.size == 0:
+            return (slice(None),) * 3
+        box.append(slice(max(0, idx[0] - pad), min(mask.shape[axis], idx[-1] + 1 + pad)))
+    return tuple(box)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(mask, structure=_CONN6)
+    if n == 0:
+        return np.zeros(mask.shape, bool)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _block_majority(mask: np.ndarray, step: int) -> np.ndarray:
+    """Downsample ``[z, y, x]`` in-plane by ``step``: a block is True if half or more of its pixels are.
+
+    Unlike sampling every ``step``-th pixel, a thin wall neither vanishes nor thickens.
+    """
+    if step == 1:
+        return mask
+    z, h, w = mask.shape
+    hh, ww = -(-h // step) * step, -(-w // step) * step
+    if (hh, ww) != (h, w):
+        mask = np.pad(mask, ((0, 0), (0, hh - h), (0, ww - w)), mode="edge")
+    counts = mask.reshape(z, hh // step, step, ww // step, step).sum(axis=(2, 4), dtype=np.uint16)
+    return counts * 2 >= step * step
+
+
+def body_mask(
+    hu: np.ndarray,
+    spacing_zyx=None,
+    threshold: float = -500.0,
+    opening_mm: float = 3.0,
+    working_mm: float = 2.0,
+    border_gap_mm: float = 60.0,
+) -> np.ndarray:
+    """The patient's body on a canonical HU volume ``[z, y, x]`` (bool, same shape).
+
+    ``spacing_zyx`` in mm (None: :data:`ASSUMED_PIXEL_MM` in-plane).  The mask is
+    computed on a grid of about ``working_mm`` pixels and expanded back: it is a
+    coarse region (for cropping and for judging where a lung can be), not a skin
+    contour.  Structures thinner than about ``2 * opening_mm`` that only touch the
+    body (cushion shells, the table top, blankets: a few mm) are not part of it;
+    a chest wall, even a thin one, is thicker.  Where the field of view cuts
+    through the chest, stretches of image border up to ``border_gap_mm`` long
+    between body pixels count as closed, so lungs cut by the border stay inside.
+    """
+    hu = np.asarray(hu)
+    if hu.ndim != 3:
+        raise ValueError(f"expected a canonical volume [z, y, x], got shape {hu.shape}")
+    pixel = float(min(spacing_zyx[1:])) if spacing_zyx is not None else ASSUMED_PIXEL_MM
+    step = max(1, int(round(working_mm / pixel)))
+    tissue = _block_majority(np.asarray(hu) > threshold, step)
+    radius = int(opening_mm / (pixel * step))  # a disc of this radius fits in tissue at least 2 radii thick
+    if radius > 0:
+        import cv2
+
+        kernel = _disc(radius)
+        opened = np.empty_like(tissue)
+        for z in range(tissue.shape[0]):
+            opened[z] = cv2.morphologyEx(tissue[z].astype(np.uint8), cv2.MORPH_OPEN, kernel) > 0
+        core = _largest_component(opened)
+        # Give back the thin parts of the patient next to the opened body (a thin chest wall must
+        # still enclose the lungs); the far side of a cushion or the table stays out.
+        near = np.empty_like(core)
+        grow = _disc(radius + 1)
+        for z in range(core.shape[0]):
+            near[z] = cv2.dilate(core[z].astype(np.uint8), grow) > 0
+        body = tissue & near
+    else:
+        body = _largest_component(tissue)
+    body = _fill_holes_cut_by_border(body, int(round(border_gap_mm / (pixel * step))))
+    body = body.repeat(step, axis=1).repeat(step, axis=2)
+    return np.ascontiguousarray(body[:, : hu.shape[1], : hu.shape[2]])
+
+
+def _fill_holes_cut_by_border(body: np.ndarray, max_gap: int) -> np.ndarray:
+    """Fill holes per slice, counting as closed the short stretches of image border between body pixels.
+
+    A field of view that cuts through the chest leaves the lungs open to the
+    image border; where the body meets the border on both sides of such a
+    stretch (at most ``max_gap`` pixels long), the border closes it.  Air
+    outside a patient who lies inside the field meets the border over long
+    stretches and stays outside.
+    """
+    z, h, w = body.shape
+    ring = np.concatenate([body[:, 0, :], body[:, 1:, -1], body[:, -1, -2::-1], body[:, -2:0:-1, 0]], axis=1)
+    closed = ring.copy()
+    for k in range(z):
+        hits = np.flatnonzero(ring[k])
+        if hits.size < 2 or max_gap < 1:
+            continue
+        gaps = np.diff(np.concatenate([hits, hits[:1] + ring.shape[1]]))  # around the ring
+        for start, gap in zip(hits, gaps):
+            if 1 < gap <= max_gap + 1:
+                idx = np.arange(start + 1, start + gap) % ring.shape[1]
+                closed[k, idx] = True
+    if np.array_equal(closed, ring):
+        return fill_holes_axial(body)
+    padded = np.zeros((z, h + 2, w + 2), bool)
+    padded[:, 1:-1, 1:-1] = body
+    n_top, n_right, n_bottom = w, h - 1, w - 1
+    top, right = closed[:, :n_top], closed[:, n_top : n_top + n_right]
+    bottom = closed[:, n_top + n_right : n_top + n_right + n_bottom]
+    left = closed[:, n_top + n_right + n_bottom :]
+    padded[:, 0, 1:-1] |= top
+    padded[:, 2:-1, -1] |= right
+    padded[:, -1, 1:-2] |= bottom[:, ::-1]
+    padded[:, 2:-2, 0] |= left[:, ::-1]
+    return fill_holes_axial(padded)[:, 1:-1, 1:-1] | fill_holes_axial(body)
+
+
+def outer_shell(body: np.ndarray, spacing_zyx=None, depth_mm: float = 4.0) -> np.ndarray:
+    """Body voxels within ``depth_mm`` of the body's outer surface, slice by slice.
+
+    The image border does not count as surface: a body cut by a small field of
+    view has no known surface there.
+    """
+    pixel = float(min(spacing_zyx[1:])) if spacing_zyx is not None else ASSUMED_PIXEL_MM
+    radius = max(1, int(round(depth_mm / pixel)))
+    import cv2
+
+    kernel = _disc(radius)
+    out = np.zeros(body.shape, bool)
+    for z in range(body.shape[0]):
+        if body[z].any():
+            padded = np.pad(body[z].astype(np.uint8), radius, mode="edge")
+            inner = cv2.erode(padded, kernel)[radius:-radius, radius:-radius] > 0
+            out[z] = body[z] & ~inner
+    return out
+
+
+def crop_box(
+    body: np.ndarray,
+    spacing_yx=None,
+    margin_mm: float = BODY_CROP["margin_mm"],
+    min_side_mm: float = BODY_CROP["min_side_mm"],
+) -> tuple[int, int, int, int] | None:
+    """Square box ``(y0, y1, x0, x1)`` in pixels around the body, ``margin_mm`` on each side.
+
+    ``body`` is a 2D slice or a 3D ``[z, y, x]`` mask (the box covers the body
+    on every slice).  The box is square in millimetres and may reach beyond the
+    image (that part is padded with air).  None when there is no body.  Without
+    ``spacing_yx`` the pixel is taken as :data:`ASSUMED_PIXEL_MM`.
+    """
+    plane = body.any(axis=0) if body.ndim == 3 else np.asarray(body, bool)
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    if rows.size == 0:
+        return None
+    sy, sx = (float(s) for s in spacing_yx) if spacing_yx is not None else (ASSUMED_PIXEL_MM,) * 2
+    height_mm = (rows[-1] - rows[0] + 1) * sy
+    width_mm = (cols[-1] - cols[0] + 1) * sx
+    side_mm = max(height_mm, width_mm, min_side_mm) + 2 * margin_mm
+    cy, cx = (rows[0] + rows[-1] + 1) / 2, (cols[0] + cols[-1] + 1) / 2
+    h, w = max(1, int(round(side_mm / sy))), max(1, int(round(side_mm / sx)))
+    y0, x0 = int(round(cy - h / 2)), int(round(cx - w / 2))
+    return y0, y0 + h, x0, x0 + w
