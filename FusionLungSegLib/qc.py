@@ -113,9 +113,7 @@ def quality_check(
     # 5. Lung-like regions that post-processing removed.  Air outside the patient (cushions, head
     # holders) is unambiguous and only noted; inside the body it may hide a mistake: flagged when large.
     if report is not None:
-        removed = {
-            reason: report.removed_ml(reason) for reason in (OUTSIDE_BODY, AT_SURFACE, BELOW_LUNG, FAR)
-        }
+        removed = {reason: report.removed_ml(reason) for reason in (OUTSIDE_BODY, AT_SURFACE, BELOW_LUNG, FAR)}
         measures["removed_ml"] = {k: round(v, 1) for k, v in removed.items() if v > 0}
         inside = {k: v for k, v in removed.items() if k != OUTSIDE_BODY and v >= 0.5}
         where = ", ".join(f"{v:.0f} mL {k}" for k, v in inside.items())
