@@ -36,12 +36,10 @@ _ensure_library_on_path()
 
 
 def resource_path(*parts: str) -> str:
-    """A file under ``Resources/`` (module folder when installed, repository root in a checkout)."""
-    for root in (os.path.join(_HERE, "Resources"), os.path.join(os.path.dirname(_HERE), "Resources")):
-        path = os.path.join(root, *parts)
-        if os.path.exists(path):
-            return path
-    return os.path.join(_HERE, "Resources", *parts)
+    """A file under ``Resources/``, found by the library's one rule (FusionLungSegLib.resources, no torch import)."""
+    from FusionLungSegLib.resources import resource_path as library_resource_path
+
+    return str(library_resource_path(*parts))
 
 
 #: import name -> distribution name; the version bounds come from Resources/requirements.txt.

@@ -16,7 +16,9 @@ Lung segmentation in chest CT with FusionLungNet (arXiv 2410.15812).
 Input CT: a NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha/.mhd) file or a
 folder holding one DICOM series; voxel values in Hounsfield units (HU).
 Output label map: NIfTI or NRRD with 0 = background, 1 = right lung,
-2 = left lung (patient's right and left), on exactly the input's voxel grid.
+2 = left lung (patient's right and left), on exactly the input's voxel grid;
+.seg.nrrd writes a 3D Slicer segmentation (named, coloured, SNOMED-coded
+segments), .dcm a DICOM SEG of a DICOM input series.
 Volumes are reported in millilitres (mL), distances in millimetres (mm).
 """
 
@@ -38,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("input", help="CT: .nii/.nii.gz/.nrrd/.mha file or a DICOM series folder (HU)")
-    s.add_argument("output", help="label map to write: .nii.gz, .nii or .nrrd (0 background, 1 right, 2 left lung)")
+    s.add_argument(
+        "output",
+        help="label map to write: .nii.gz, .nii or .nrrd (0 background, 1 right, 2 left lung); .seg.nrrd: 3D Slicer "
+        "segmentation; .dcm: DICOM SEG (DICOM input only)",
+    )
+    s.add_argument("--dicom-seg", metavar="OUT.dcm", help="also write a DICOM SEG of the DICOM input series here")
     s.add_argument("--weights", help="weights file (default: the bundled model)")
     s.add_argument("--input-size", type=int, help="network input in pixels, multiple of 32 (default: the weights' own)")
     s.add_argument(
@@ -133,12 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_segment(args) -> int:
     from .inference import LungSegmenter
-    from .io import check_output_path, read_image, write_image
+    from .io import check_output_path, output_stem, read_image, write_image
     from .metrics import volume_ml
+    from .outputs import check_dicom_seg_request, describe_model, write_dicom_seg
 
     if args.fast and args.input_size:
         raise ValueError("give either --fast or --input-size, not both")
     out = check_output_path(args.output)
+    dicom_segs = check_dicom_seg_request(args.input, out, args.dicom_seg)  # before the work: DICOM input only
     t0 = time.monotonic()
     image = read_image(args.input)
     seg = LungSegmenter(
@@ -149,7 +158,10 @@ def _cmd_segment(args) -> int:
         progress=not args.quiet,
     )
     labels = seg.segment(image)
-    write_image(labels, out)
+    model = describe_model(seg.meta, args.weights) if dicom_segs else None
+    dicom_written = [write_dicom_seg(labels, args.input, p, model=model) for p in dicom_segs]
+    if out not in dicom_segs:
+        write_image(labels, out)
     import SimpleITK as sitk
 
     arr = sitk.GetArrayViewFromImage(labels)
@@ -164,12 +176,12 @@ def _cmd_segment(args) -> int:
         "device": str(seg.device),
         "input_size": seg.input_size,
     }
+    if dicom_written:
+        report["dicom_seg"] = dicom_written
     if (args.png or "").lower() != "none":
         from .render import overlay_png
 
-        name = out.name
-        stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else out.stem
-        png = Path(args.png) if args.png else out.with_name(stem + ".png")
+        png = Path(args.png) if args.png else out.with_name(output_stem(out) + ".png")
         report["png"] = str(overlay_png(image, labels, png))
     print(json.dumps(report, indent=1))
     return 0

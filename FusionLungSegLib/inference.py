@@ -25,6 +25,7 @@ from .geometry import AxialReorientation
 from .model import FusionLungNet
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess_with_report
 from .preprocess import HU_WINDOW, from_network, to_network
+from .terminology import LUNG_SEGMENTS
 from .train import resolve_device
 from .weights import load_weights
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 # numpy dtypes that torch.from_numpy takes and window_hu handles; anything else is cast to float32.
 _TENSOR_DTYPES = tuple(np.dtype(t) for t in ("int8", "uint8", "int16", "int32", "int64", "float32", "float64"))
 
-LABEL_NAMES = {RIGHT_LUNG: "right lung", LEFT_LUNG: "left lung"}
+LABEL_NAMES = {s.value: s.name for s in LUNG_SEGMENTS}  # label value -> segment name
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]

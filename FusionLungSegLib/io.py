@@ -4,17 +4,69 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["read_image", "write_image", "IMAGE_SUFFIXES", "LABEL_SUFFIXES"]
+__all__ = ["read_image", "write_image", "dicom_series_files", "atomic_output", "IMAGE_SUFFIXES", "LABEL_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha")
+#: Outputs: label maps (.nii, .nii.gz, .nrrd, .mha), Slicer segmentation (.seg.nrrd), DICOM SEG (.dcm).
+LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".dcm")
 
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+    for double in (".nii.gz", ".seg.nrrd"):
+        if name.endswith(double):
+            return double
+    return path.suffix.lower()
+
+
+def output_stem(path: str | Path) -> str:
+    """File name without its output suffix: ``lungs.seg.nrrd`` -> ``lungs``."""
+    p = Path(path)
+    return p.name[: -len(_suffix(p))] if _suffix(p) else p.name
+
+
+@contextmanager
+def atomic_output(path: str | Path):
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success, remove it on any error."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_suffix(p), dir=p.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written output gets the usual permissions
+    try:
+        yield Path(tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dicom_series_files(folder: str | Path, series_uid: str | None = None) -> list[str]:
+    """The files of the DICOM series in ``folder``, in slice order: file ``k`` is slice ``k`` of :func:`read_image`.
+
+    The folder must hold exactly one series unless ``series_uid`` picks one; raises ``ValueError`` otherwise.
+    """
+    import SimpleITK as sitk
+
+    p = Path(folder)
+    series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)) or [])
+    if not series:
+        raise ValueError(f"{p}: folder holds no DICOM series (give a NIfTI/NRRD/MHA file or a DICOM folder)")
+    if series_uid is None:
+        if len(series) > 1:
+            raise ValueError(
+                f"{p}: folder holds {len(series)} DICOM series ({', '.join(series)}); "
+                "put one series per folder or pass its SeriesInstanceUID"
+            )
+        series_uid = series[0]
+    elif series_uid not in series:
+        raise ValueError(f"{p}: no DICOM series {series_uid} (found {', '.join(series)})")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), series_uid))
 
 
 def read_image(path: str | Path, series_uid: str | None = None):
@@ -30,20 +82,7 @@ def read_image(path: str | Path, series_uid: str | None = None):
         raise FileNotFoundError(f"input not found: {p}")
     if p.is_dir():
         reader = sitk.ImageSeriesReader()
-        series = list(reader.GetGDCMSeriesIDs(str(p)) or [])
-        if not series:
-            raise ValueError(f"{p}: folder holds no DICOM series (give a NIfTI/NRRD/MHA file or a DICOM folder)")
-        if series_uid is None:
-            if len(series) > 1:
-                raise ValueError(
-                    f"{p}: folder holds {len(series)} DICOM series ({', '.join(series)}); "
-                    "put one series per folder or pass its SeriesInstanceUID"
-                )
-            series_uid = series[0]
-        elif series_uid not in series:
-            raise ValueError(f"{p}: no DICOM series {series_uid} (found {', '.join(series)})")
-        files = reader.GetGDCMSeriesFileNames(str(p), series_uid)
-        reader.SetFileNames(files)
+        reader.SetFileNames(dicom_series_files(p, series_uid))
         try:
             return reader.Execute()
         except RuntimeError as exc:
@@ -68,24 +107,28 @@ def check_output_path(path: str | Path) -> Path:
     return p
 
 
-def write_image(image, path: str | Path, compress: bool = True) -> Path:
+def write_image(image, path: str | Path, compress: bool = True, *, source=None, model: str | None = None) -> Path:
     """Write ``image`` to ``path`` atomically (temporary file in the same folder, then rename).
 
-    The format follows the suffix; a failed write leaves no partial file.
+    The format follows the suffix; a failed write leaves no partial file.  A label
+    map (0/1/2) written as ``.seg.nrrd`` becomes a Slicer segmentation with named,
+    coloured and coded segments; as ``.dcm`` a DICOM SEG of the DICOM series
+    ``source`` it was computed from (``model``: model version to record).  See
+    :mod:`FusionLungSegLib.outputs`.
     """
     import SimpleITK as sitk
 
     p = check_output_path(path)
-    suffix = _suffix(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, compress)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if _suffix(p) == ".seg.nrrd":
+        from .outputs import write_seg_nrrd
+
+        return write_seg_nrrd(image, p)
+    if _suffix(p) == ".dcm":
+        from .outputs import write_dicom_seg
+
+        return Path(write_dicom_seg(image, source, p, model=model)["path"])
+    with atomic_output(p) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
     return p
 
 

@@ -19,13 +19,12 @@ import numpy as np
 import slicer
 
 from .inference import (
-    LEFT_LUNG,
-    RIGHT_LUNG,
     InvalidInputError,
     LungSegmenter,
     SegmentationCancelled,
     check_hu_range,
 )
+from .terminology import SEGMENTS
 
 __all__ = [
     "LungSegmentationLogic",
@@ -39,26 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-_ANATOMY = "Anatomic codes - DICOM master list"
-#: Slicer's General Anatomy colour for lung (both sides), RGB 0..1.
-LUNG_COLOUR = (197 / 255, 165 / 255, 145 / 255)
-
-
-def _terminology(modifier_code: str, modifier_meaning: str) -> str:
-    """Slicer terminology entry: Anatomical Structure / Lung (SCT 39607008) / laterality modifier."""
-    return (
-        f"{_CONTEXT}~SCT^123037004^Anatomical Structure~SCT^39607008^Lung"
-        f"~SCT^{modifier_code}^{modifier_meaning}~{_ANATOMY}~^^~^^"
-    )
-
-
-#: label value -> (segment ID, segment name, terminology entry, colour)
-SEGMENTS = {
-    RIGHT_LUNG: ("right_lung", "right lung", _terminology("24028007", "Right"), LUNG_COLOUR),
-    LEFT_LUNG: ("left_lung", "left lung", _terminology("7771000", "Left"), LUNG_COLOUR),
-}
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import torch
 
+from .resources import PACKAGE_DIR, resources_dir
+
 __all__ = [
     "BUNDLED_WEIGHTS",
     "BUNDLED_SHA256",
     "WeightsError",
     "sha256_of",
     "bundled_weights_path",
+    "resources_dir",
     "load_weights",
 ]
 
@@ -34,23 +37,46 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def resources_dir() -> Path:
-    """``Resources/`` next to the package (source checkout or installed Slicer extension)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "Resources", here.parent / "Resources"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "Resources"
+def _missing_model_help(package_dir: Path | None = None) -> str:
+    """Why the bundled model file is not where it should be, and what to run."""
+    package = Path(package_dir).resolve() if package_dir is not None else PACKAGE_DIR
+    res = resources_dir(package)
+    expected = res / BUNDLED_WEIGHTS
+    own_weights = "Or use weights of your own: `segment --weights PATH`, LungSegmenter(weights=PATH)."
+    if (package.parent / "pyproject.toml").is_file() and (package.parent / "Resources").is_dir():
+        return (
+            f"the bundled model {expected} is missing from this source checkout (editable install or "
+            "PYTHONPATH). Restore it with `git checkout -- Resources/FusionLungNet.pt` (or `git lfs pull` where "
+            f"the repository keeps it in Git LFS). {own_weights}"
+        )
+    if not res.is_dir():
+        return (
+            f"the bundled model is missing: the installed package {package} has no Resources/ folder, so it was "
+            "installed without its package data (a wheel or sdist built without Resources/, or FusionLungSegLib/ "
+            "copied on its own). Reinstall from a full checkout: `pip install --force-reinstall "
+            f"/path/to/FusionLungSeg` (not only FusionLungSegLib/). {own_weights}"
+        )
+    present = ", ".join(sorted(p.name for p in res.iterdir())) or "nothing"
+    return (
+        f"the bundled model {expected} is missing ({res} holds {present}); the package data is incomplete. "
+        f"Reinstall: `pip install --force-reinstall /path/to/FusionLungSeg`. {own_weights}"
+    )
 
 
-def bundled_weights_path() -> Path:
-    """Path of the bundled weights; raises :class:`WeightsError` when none are bundled."""
-    path = resources_dir() / BUNDLED_WEIGHTS
-    if not path.is_file() or not BUNDLED_SHA256:
+def bundled_weights_path(package_dir: str | Path | None = None) -> Path:
+    """Path of the bundled weights; raises :class:`WeightsError` that names the cause when they are missing."""
+    path = resources_dir(package_dir) / BUNDLED_WEIGHTS
+    if not BUNDLED_SHA256:
         raise WeightsError(
             f"no trained FusionLungNet weights are bundled (expected {path}). "
             "Train with `python -m FusionLungSegLib train` and pass the exported file, "
             "e.g. LungSegmenter(weights='path/to/FusionLungNet.pt') or `segment --weights PATH`."
+        )
+    if not path.is_file():
+        raise WeightsError(_missing_model_help(package_dir))
+    if path.stat().st_size < 1024 and path.read_bytes().startswith(b"version https://git-lfs"):
+        raise WeightsError(
+            f"{path} is a Git LFS pointer, not the model: run `git lfs pull` in the checkout, then reinstall."
         )
     return path
 
