@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--png", help="overlay picture to write (default: OUTPUT with .png); 'none' to skip")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--json", help="also write the report (volumes, QC verdict) to this JSON file")
     _add_device(s)
 
     t = sub.add_parser("train", help="train FusionLungNet on 2D CT slices with lung masks")
@@ -95,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--log-every", type=int, default=0, help="print the running loss every N steps")
     _add_device(t)
+
+    i = sub.add_parser(
+        "inspect",
+        help="lung mL per range of slices and an axial strip picture, to check a whole volume at a glance",
+        description="For a CT and its label map (e.g. from segment): prints the right and left lung volume "
+        "(mL) per range of axial slices, inferior to superior, and writes a PNG grid of every k-th axial "
+        "slice, neck first, with the lungs outlined and each slice's lung mL.",
+    )
+    i.add_argument("ct", help="CT file or DICOM folder")
+    i.add_argument("labels", help="label map on the CT's grid (0 background, 1 right, 2 left lung)")
+    i.add_argument("--ranges", type=int, default=10, help="number of slice ranges to report")
+    i.add_argument("--every", type=int, help="show every k-th slice (default: at most 48 slices)")
+    i.add_argument("--png", help="strip picture to write (default: LABELS stem + _strip.png)")
 
     e = sub.add_parser("export", help="write a compact fp16 inference file from a training checkpoint")
     e.add_argument("checkpoint", help="best.pt or last.pt from train")
@@ -141,7 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_segment(args) -> int:
     from .inference import LungSegmenter
     from .io import check_output_path, output_stem, read_image, write_image
-    from .metrics import volume_ml
     from .outputs import check_dicom_seg_request, describe_model, write_dicom_seg
 
     if args.fast and args.input_size:
@@ -157,24 +170,23 @@ def _cmd_segment(args) -> int:
         input_size=160 if args.fast else args.input_size,
         progress=not args.quiet,
     )
-    labels = seg.segment(image)
+    result = seg.run(image)
+    labels = result.labels
     model = describe_model(seg.meta, args.weights) if dicom_segs else None
     dicom_written = [write_dicom_seg(labels, args.input, p, model=model) for p in dicom_segs]
     if out not in dicom_segs:
         write_image(labels, out)
-    import SimpleITK as sitk
-
-    arr = sitk.GetArrayViewFromImage(labels)
-    spacing = tuple(reversed(labels.GetSpacing()))
+    volumes = result.volumes_ml
     report = {
         "input": str(args.input),
         "output": str(out),
-        "right_lung_ml": round(volume_ml(arr == 1, spacing), 1),
-        "left_lung_ml": round(volume_ml(arr == 2, spacing), 1),
+        "right_lung_ml": volumes["right lung"],
+        "left_lung_ml": volumes["left lung"],
         "slices": int(image.GetSize()[2]),
         "seconds": round(time.monotonic() - t0, 1),
         "device": str(seg.device),
         "input_size": seg.input_size,
+        "qc": result.qc,
     }
     if dicom_written:
         report["dicom_seg"] = dicom_written
@@ -183,7 +195,31 @@ def _cmd_segment(args) -> int:
 
         png = Path(args.png) if args.png else out.with_name(output_stem(out) + ".png")
         report["png"] = str(overlay_png(image, labels, png))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
+    if not result.qc["ok"]:  # the result is written; the warning goes where a person reads it
+        print("warning: check this result: " + " ".join(result.qc["flags"]), file=sys.stderr)
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .evaluate import lung_ml_by_slice_range
+    from .io import output_stem, read_image
+    from .render import axial_strip_png
+
+    image = read_image(args.ct)
+    labels = read_image(args.labels)
+    if labels.GetSize() != image.GetSize():
+        raise ValueError(f"{args.labels}: size {labels.GetSize()} differs from the CT's {image.GetSize()}")
+    rows = lung_ml_by_slice_range(labels, args.ranges)
+    print(f"{'slices (0 = most inferior)':>28} {'right mL':>10} {'left mL':>10} {'slices with lung':>17}")
+    for r in rows:
+        first, last = r["slices"]
+        print(f"{first:>19} - {last:<6} {r['right_ml']:>10.1f} {r['left_ml']:>10.1f} {r['slices_with_lung']:>17}")
+    png = Path(args.png) if args.png else Path(args.labels).with_name(output_stem(args.labels) + "_strip.png")
+    print(f"strip: {axial_strip_png(image, labels, png, every=args.every)}")
     return 0
 
 
@@ -268,7 +304,9 @@ def _cmd_evaluate(args) -> int:
         rows = []
         for case, p, r in match_files(Path(args.pred), Path(args.ref)):
             rows.append({"case": case, **evaluate_label_images(read_image(p), read_image(r))})
-        keys = ["iou", "f1", "precision", "recall", "accuracy", "mcc", "hd95_mm", "volume_ml", "ref_volume_ml"]
+        keys = ["iou", "f1", "precision", "recall", "mcc", "hd95_mm", "volume_ml", "ref_volume_ml"]
+        keys += [k for k in ("dice_right", "dice_left", "hd95_right_mm", "hd95_left_mm") if k in rows[0]]
+        keys += ["ml_on_ref_free_slices"] if "ml_on_ref_free_slices" in rows[0] else []
         print(format_table(rows, keys=keys))
     if args.json:
         Path(args.json).write_text(json.dumps({"cases": rows, "summary": summarise(rows)}, indent=1))
@@ -304,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _cmd_train,
         "export": _cmd_export,
         "evaluate": _cmd_evaluate,
+        "inspect": _cmd_inspect,
         "bench": _cmd_bench,
     }
     try:

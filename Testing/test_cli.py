@@ -29,6 +29,7 @@ def test_segment_sample_dicom_writes_labels_on_the_input_grid_and_a_png(random_w
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["png"].endswith("lungs.png") and (tmp_path / "out" / "lungs.png").stat().st_size > 1000
+    assert set(report["qc"]) == {"ok", "flags", "notes", "measures"} and isinstance(report["qc"]["ok"], bool)
     ct, lab = read_image(SAMPLE_DICOM), sitk.ReadImage(str(out))
     assert lab.GetSize() == ct.GetSize() == (512, 512, 2)
     assert np.allclose(lab.GetOrigin(), ct.GetOrigin()) and np.allclose(lab.GetSpacing(), ct.GetSpacing())
@@ -118,3 +119,57 @@ def test_evaluate_model_on_validation_slices(random_weights, tmp_path, capsys):
     assert [r["case"] for r in result["cases"]] == ["ID_0000_Z_0142.tif", "ID_0007_Z_0211.tif", "ID_0019_Z_0088.tif"]
     assert set(result["summary"]) >= {"iou", "f1", "precision", "recall", "accuracy", "mcc"}
     assert "mean ± sd" in capsys.readouterr().out
+
+
+def test_segment_flags_a_two_slice_scan_and_still_exits_0(tmp_path, capsys):
+    # The bundled sample is two slices through the lungs: cut off at both ends, which QC must say.
+    out = tmp_path / "lungs.nii.gz"
+    assert (
+        main(["segment", str(SAMPLE_DICOM), str(out), "--device", "cpu", "--quiet", "--json", str(tmp_path / "r.json")])
+        == 0
+    )
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    assert report["qc"]["ok"] is False
+    assert any("cut off" in flag for flag in report["qc"]["flags"])
+    assert "warning: check this result" in captured.err
+
+
+def test_inspect_prints_ml_per_slice_range_and_writes_a_strip(tmp_path, capsys):
+    ct = np.full((12, 40, 40), -1000, np.int16)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[2:6, 10:20, 5:15] = 1
+    labels[4:10, 10:20, 25:35] = 2
+    paths = []
+    for name, arr in (("ct.nrrd", ct), ("lab.nrrd", labels)):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((1.0, 1.0, 2.0))
+        sitk.WriteImage(img, str(tmp_path / name))
+        paths.append(str(tmp_path / name))
+    assert main(["inspect", *paths, "--ranges", "3", "--every", "2"]) == 0
+    text = capsys.readouterr().out
+    rows = [line.split() for line in text.splitlines()[1:4]]
+    assert [r[0] for r in rows] == ["0", "4", "8"]
+    right, left = sum(float(r[3]) for r in rows), sum(float(r[4]) for r in rows)
+    assert right == pytest.approx(4 * 100 * 2 / 1000) and left == pytest.approx(6 * 100 * 2 / 1000)
+    assert (tmp_path / "lab_strip.png").stat().st_size > 500
+
+
+def test_evaluate_counts_lung_on_slices_where_the_reference_has_none():
+    from FusionLungSegLib.evaluate import evaluate_label_images
+
+    ref = np.zeros((6, 20, 20), np.uint8)
+    ref[1:4, 5:15, 2:8] = 1
+    ref[1:4, 5:15, 12:18] = 2
+    pred = ref.copy()
+    pred[5, 5:10, 12:16] = 2  # 20 voxels of "lung" on a slice the reference leaves empty
+    images = []
+    for arr in (pred, ref):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((1.0, 1.0, 2.5))
+        images.append(img)
+    row = evaluate_label_images(*images)
+    assert row["ml_on_ref_free_slices"] == pytest.approx(20 * 2.5 / 1000)
+    assert row["ref_free_slices"] == 3
+    assert row["dice_right"] == 1.0 and row["hd95_right_mm"] == 0.0 and row["hd95_left_mm"] > 0
