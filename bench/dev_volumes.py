@@ -1,0 +1,112 @@
+"""Score the pipeline on every real dev volume: Dice/HD95 where lung labels exist, mL of lung on the
+recorded lung-free slices, the QC verdict, and an axial strip PNG of each volume.
+
+    python bench/dev_volumes.py --out runs/dev [--weights FILE] [--input-size N] [--data DIR]
+    python bench/dev_volumes.py --out runs/dev --labels-dir DIR   # score label maps made earlier
+
+``--labels-dir`` reads ``DIR/<name>_lungs.nii.gz`` instead of segmenting (e.g. an older version's output).
+Writes ``OUT/dev_volumes.json`` and ``OUT/strip_<name>.png``; prints one line per volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from FusionLungSegLib.data import default_data_dir, lung_free_catalogue
+from FusionLungSegLib.evaluate import evaluate_label_images
+from FusionLungSegLib.geometry import AxialReorientation
+from FusionLungSegLib.io import read_image, write_image
+from FusionLungSegLib.render import axial_strip_png
+
+#: name -> (CT path under data/, lung label path or None)
+VOLUMES = {
+    "C3N-00247_chest_ct": ("dev/C3N-00247_chest_ct.nii.gz", None),
+    "LungPETCTDx_A0001_CT_5mm_kernelB": ("dev/LungPETCTDx_A0001_CT_5mm_kernelB.nii.gz", None),
+    "NSCLCRadiomics_LUNG1-001_CT": (
+        "dev/NSCLCRadiomics_LUNG1-001_CT.nii.gz",
+        "dev/NSCLCRadiomics_LUNG1-001_lungmask.nii.gz",
+    ),
+    "totalsegmentator_abdomen_dicom": ("dev/totalsegmentator_abdomen_dicom", None),
+}
+
+
+def lung_free_ml(labels, ct_path: str) -> tuple[float, int]:
+    """mL of lung on the slices recorded as lung-free for this volume, and how many slices that is."""
+    entries = [e for e in lung_free_catalogue()["volumes"] if e["path"] == ct_path]
+    if not entries:
+        return 0.0, 0
+    reo = AxialReorientation.from_image(labels)
+    lab = reo.to_canonical(sitk.GetArrayViewFromImage(labels))
+    zs = [z for e in entries for a, b in e["ranges"] for z in range(a, b + 1)]
+    return float(np.count_nonzero(lab[zs]) * np.prod(reo.spacing_zyx) / 1000.0), len(zs)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--data", help="data folder (default: ../shared/data)")
+    ap.add_argument("--weights")
+    ap.add_argument("--input-size", type=int)
+    ap.add_argument("--labels-dir", help="score <name>_lungs.nii.gz label maps from this folder instead")
+    args = ap.parse_args(argv)
+    data = Path(args.data) if args.data else default_data_dir()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seg = None
+    if not args.labels_dir:
+        from FusionLungSegLib.inference import LungSegmenter
+
+        seg = LungSegmenter(args.weights, device="cpu", input_size=args.input_size, progress=False)
+    rows = {}
+    for name, (ct_path, ref_path) in VOLUMES.items():
+        if not (data / ct_path).exists():
+            print(f"{name}: not found under {data}, skipped")
+            continue
+        image = read_image(data / ct_path)
+        row: dict = {"slices": image.GetSize()[2]}
+        if seg is not None:
+            t0 = time.perf_counter()
+            result = seg.run(image)
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            labels, row["qc"] = result.labels, result.qc
+            write_image(labels, out / f"{name}_lungs.nii.gz")
+        else:
+            labels = read_image(Path(args.labels_dir) / f"{name}_lungs.nii.gz")
+        arr = sitk.GetArrayViewFromImage(labels)
+        voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0
+        row["right_ml"] = round(float(np.count_nonzero(arr == 1)) * voxel_ml, 1)
+        row["left_ml"] = round(float(np.count_nonzero(arr == 2)) * voxel_ml, 1)
+        ml, n = lung_free_ml(labels, ct_path)
+        row["ml_on_recorded_lung_free_slices"], row["recorded_lung_free_slices"] = round(ml, 1), n
+        if ref_path and (data / ref_path).exists():
+            ref = sitk.Cast(read_image(data / ref_path), sitk.sitkUInt8)
+            m = evaluate_label_images(labels, ref)
+            keys = ("dice_3d", "dice_right", "dice_left", "hd95_mm", "hd95_right_mm", "hd95_left_mm")
+            row.update({k: round(m[k], 4) for k in keys})
+            row["ml_on_ref_free_slices"] = round(m["ml_on_ref_free_slices"], 1)
+        axial_strip_png(image, labels, out / f"strip_{name}.png", tile=160)
+        rows[name] = row
+        qc = row.get("qc", {})
+        print(
+            f"{name}: R {row['right_ml']} mL, L {row['left_ml']} mL, lung-free {row['ml_on_recorded_lung_free_slices']}"
+            f" mL on {n} slices"
+            + (
+                f", Dice {row['dice_3d']} (R {row['dice_right']}, L {row['dice_left']}), HD95 {row['hd95_mm']} mm"
+                if "dice_3d" in row
+                else ""
+            )
+            + (f", qc ok={qc.get('ok')} {qc.get('flags')}" if qc else ""),
+            flush=True,
+        )
+    (out / "dev_volumes.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
