@@ -63,11 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train FusionLungNet on 2D CT slices with lung masks")
     t.add_argument("--data", help="Kaggle 'finding-lungs' archive (.tar.gz) or folder (default: ../shared/data)")
-    t.add_argument("--out", default="runs/fusionlungnet", help="folder for checkpoints and logs")
+    t.add_argument(
+        "--out",
+        default="",
+        help="folder for checkpoints, logs and curves.png (default: ~/.cache/fusionlungseg/runs/fusionlungnet, "
+        "outside the work tree, so a run survives a new checkout)",
+    )
     t.add_argument("--epochs", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--input-size", type=int, default=320, help="training size in pixels (paper: 320)")
     t.add_argument("--min-input-size", type=int, help="multi-scale: draw each batch's size in [min, input-size]")
+    t.add_argument(
+        "--val-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also validate at these input sizes each epoch (the multi-scale minimum is added)",
+    )
     t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     t.add_argument(
         "--decay-from", type=int, help="keep --lr until this epoch, then cosine decay to --min-lr at the last epoch"
@@ -252,6 +264,7 @@ def _cmd_train(args) -> int:
         init_weights=args.init_weights,
         ema=args.ema,
         log_every=args.log_every,
+        val_sizes=tuple(args.val_sizes),
     )
     result = train(cfg, progress=not args.quiet)
     summary = {k: v for k, v in result.items() if k != "history"}

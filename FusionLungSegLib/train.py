@@ -31,11 +31,12 @@ __all__ = ["TrainConfig", "learning_rate", "train", "export_weights", "predict_s
 @dataclass
 class TrainConfig:
     data: str | None = None  # Kaggle archive/folder; None = default data folder
-    out_dir: str = "runs/fusionlungnet"
+    out_dir: str = ""  # "" = default_run_dir(): outside the work tree, in the user's cache folder
     epochs: int = 50
     batch_size: int = 4
     input_size: int = 320  # largest training size
     min_input_size: int | None = None  # if set, each batch draws a size in [min, input_size], step 32
+    val_sizes: tuple[int, ...] = ()  # extra sizes to validate at each epoch (min_input_size is added)
     lr: float = 1e-4
     decay_from: int | None = None  # if set: constant lr until this epoch, then cosine to min_lr at `epochs`
     min_lr: float = 1e-6
@@ -57,6 +58,14 @@ class TrainConfig:
     init_weights: str | None = None  # start from a weights file ("bundled" = the bundled model)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     extra: dict = field(default_factory=dict)
+
+
+def default_run_dir(name: str = "fusionlungnet") -> Path:
+    """``$XDG_CACHE_HOME/fusionlungseg/runs/NAME`` (``~/.cache`` by default): runs survive a new checkout."""
+    import os
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "fusionlungseg" / "runs" / name
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -152,7 +161,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train FusionLungNet; returns a summary dict (best metrics, paths, timings)."""
     from tqdm.auto import tqdm
 
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -267,6 +276,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         train_loss = total / steps
         judged = ema.model if ema is not None else model  # validation (and best.pt) use the averaged weights
         metrics = _evaluate(judged, val_set, cfg.input_size, device, cfg.hu_window) if len(val_set) else {}
+        for size in sorted({*cfg.val_sizes, *([cfg.min_input_size] if cfg.min_input_size else [])} - {cfg.input_size}):
+            if len(val_set):
+                metrics[f"iou_{size}"] = _evaluate(judged, val_set, size, device, cfg.hu_window)["iou"]
+        if "iou" in metrics and (cfg.val_sizes or cfg.min_input_size):
+            metrics[f"iou_{cfg.input_size}"] = metrics["iou"]
         if len(free_val):
             size, window = cfg.input_size, cfg.hu_window
             metrics["lung_free_fraction"] = _false_lung_fraction(judged, free_val, size, device, window)
@@ -298,6 +312,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if improved:
             _atomic_save(state, best_path)
         _write_logs(out, history)
+        from .curves import plot_training_curves
+
+        plot_training_curves(history, out / "curves.png")
         print(
             f"epoch {epoch + 1}: loss {train_loss:.4f} "
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())

@@ -25,6 +25,7 @@ def run(tmp_path_factory):
         val_fraction=0.25,
         augment=False,
         device="cpu",
+        lung_free_fraction=0.0,  # the lung-free volumes have their own test below
     )
     return cfg, train(cfg, progress=False)
 
@@ -64,3 +65,79 @@ def test_export_is_fp16_with_metadata_and_loads_weights_only(run, tmp_path):
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     assert meta["input_size"] == 64 and meta["hu_window"] == [-1000.0, 400.0]
     assert len(meta["validation"]) == 2 and "val_iou" in meta["validation_metrics"]
+
+
+def test_curves_picture_is_written_each_epoch(run):
+    cfg, _ = run
+    from pathlib import Path
+
+    import cv2
+
+    img = cv2.imread(str(Path(cfg.out_dir) / "curves.png"))
+    assert img is not None and img.shape[0] > 100 and img.shape[1] > 600
+
+
+def test_resume_gives_bit_for_bit_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    data = str(require(DATA / "finding-lungs-2d.tar.gz"))
+    base = dict(
+        data=data,
+        epochs=2,
+        batch_size=2,
+        input_size=64,
+        limit=5,
+        val_fraction=0.2,
+        device="cpu",
+        lung_free_fraction=0.0,
+        ema=0.9,
+        min_input_size=32,
+        decay_from=1,
+    )
+    straight = train(TrainConfig(out_dir=str(tmp_path / "a"), **base), progress=False)
+    train(TrainConfig(out_dir=str(tmp_path / "b"), **{**base, "epochs": 1}), progress=False)
+    resumed = train(TrainConfig(out_dir=str(tmp_path / "b"), resume=True, **base), progress=False)
+    a = torch.load(straight["last"], weights_only=True)
+    b = torch.load(resumed["last"], weights_only=True)
+    for part in ("model", "ema"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+    assert [r["lr"] for r in a["history"]] == [r["lr"] for r in b["history"]]
+    assert "val_iou_32" in a["history"][-1] and "val_iou_64" in a["history"][-1]
+
+
+def test_default_run_folder_is_outside_the_work_tree(monkeypatch, tmp_path):
+    from FusionLungSegLib.train import default_run_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_run_dir() == tmp_path / "fusionlungseg" / "runs" / "fusionlungnet"
+
+
+def test_lung_free_slices_join_every_batch_with_an_empty_target(tmp_path):
+    from FusionLungSegLib.data import load_lung_free_slices
+
+    require(DATA / "dev" / "C3N-00247_chest_ct.nii.gz")
+    free = load_lung_free_slices(DATA, "train")
+    assert len(free) == 21 and not free.masks.any()
+    assert all(box is not None and box[1] - box[0] == box[3] - box[2] for box in free.boxes)
+    assert {c for c in free.cases} == {
+        "totalsegmentator_abdomen_dicom",
+        "LungPETCTDx_A0001_CT_5mm_kernelB",
+        "C3N-00247_chest_ct",
+    }
+    held_out = load_lung_free_slices(DATA, "held-out")
+    assert set(held_out.cases) == {"NSCLCRadiomics_LUNG1-001_CT"} and len(held_out) == 41
+    cfg = TrainConfig(
+        data=str(DATA / "finding-lungs-2d.tar.gz"),
+        out_dir=str(tmp_path),
+        epochs=1,
+        batch_size=4,
+        input_size=64,
+        limit=4,
+        val_fraction=0.25,
+        device="cpu",
+        lung_free_fraction=0.25,
+    )
+    result = train(cfg, progress=False)
+    assert result["lung_free_slices"] == 21
+    assert 0.0 <= result["history"][0]["val_lung_free_fraction"] <= 1.0
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert len(split["lung_free_train"]) == 21 and len(split["lung_free_held_out"]) == 41
