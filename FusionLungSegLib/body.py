@@ -227,3 +227,40 @@ def crop_box(
     h, w = max(1, int(round(side_mm / sy))), max(1, int(round(side_mm / sx)))
     y0, x0 = int(round(cy - h / 2)), int(round(cx - w / 2))
     return y0, y0 + h, x0, x0 + w
+
+
+def slices_that_may_hold_lung(
+    hu: np.ndarray,
+    body: np.ndarray,
+    spacing_zyx,
+    air_hu: float = -400.0,
+    lungs_ml: float = 100.0,
+    min_area_mm2: float = 300.0,
+    margin_mm: float = 30.0,
+    working_mm: float = 2.0,
+) -> np.ndarray:
+    """Canonical slices (bool per z) on which the network must run; the others cannot hold lung.
+
+    Air regions inside the body of ``lungs_ml`` or more are the lungs (with the
+    airways, and large stomach or bowel gas, which only costs time).  A slice
+    may hold lung when it lies within ``margin_mm`` of a slice where they cover
+    ``min_area_mm2`` or more; the margin covers the thin apices and
+    costophrenic recesses.  A scan without such a region (only the tips of the
+    lungs, or no lung) runs on every slice.  Cheap: HU and the body mask on a
+    coarse grid.
+    """
+    n_z = hu.shape[0]
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    step = max(1, int(round(working_mm / min(sy, sx))))
+    air = (np.asarray(hu[:, ::step, ::step]) < air_hu) & body[:, ::step, ::step]
+    labels, n = ndimage.label(air, structure=_CONN6)
+    pixel_mm2 = sy * sx * step * step
+    sizes = np.bincount(labels.ravel(), minlength=n + 1) * pixel_mm2 * sz / 1000.0
+    big = sizes >= lungs_ml
+    big[0] = False
+    if not big.any():
+        return np.ones(n_z, bool)
+    area = np.array([np.count_nonzero(big[labels[z]]) for z in range(n_z)]) * pixel_mm2
+    core = area >= min_area_mm2
+    reach = int(np.ceil(margin_mm / sz))
+    return ndimage.binary_dilation(core, iterations=reach) if reach and core.any() else core

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--png", help="overlay picture to write (default: OUTPUT with .png); 'none' to skip")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--json", help="also write the report (volumes, QC verdict) to this JSON file")
+    s.add_argument(
+        "--no-skip",
+        action="store_true",
+        help="run the network on every slice (default: skip slices far from any lung-sized air, e.g. pelvis, head)",
+    )
     _add_device(s)
 
     t = sub.add_parser("train", help="train FusionLungNet on 2D CT slices with lung masks")
@@ -181,6 +186,7 @@ def _cmd_segment(args) -> int:
         batch_size=args.batch_size,
         input_size=160 if args.fast else args.input_size,
         progress=not args.quiet,
+        skip_slices=not args.no_skip,
     )
     result = seg.run(image)
     labels = result.labels
@@ -198,6 +204,7 @@ def _cmd_segment(args) -> int:
         "seconds": round(time.monotonic() - t0, 1),
         "device": str(seg.device),
         "input_size": seg.input_size,
+        "slices_skipped": result.qc["measures"].get("slices_skipped", 0),
         "qc": result.qc,
     }
     if dicom_written:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .body import BODY_CROP, body_mask, crop_box
+from .body import BODY_CROP, body_mask, crop_box, slices_that_may_hold_lung
 from .geometry import AxialReorientation
 from .model import FusionLungNet
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess_with_report
@@ -139,6 +139,8 @@ class LungSegmenter:
         sha256: expected hash of a non-bundled ``weights`` file.
         body_crop: crop each slice to the patient's body before the network (None = as the
             weights were trained, from their metadata).
+        skip_slices: skip the network on slices far from any lung-sized air inside the body
+            (neck, abdomen, pelvis); see :func:`body.slices_that_may_hold_lung`.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class LungSegmenter:
         hu_window: tuple[float, float] | None = None,
         threshold: float = 0.5,
         body_crop: bool | None = None,
+        skip_slices: bool = True,
     ):
         self.device = resolve_device(device)
         meta: dict = {}
@@ -195,6 +198,7 @@ class LungSegmenter:
         #: crop box parameters (margin, minimum side in mm) or None for the whole slice
         crop = meta.get("body_crop") if body_crop is None else (BODY_CROP if body_crop else None)
         self.body_crop: dict | None = dict(crop) if crop else None
+        self.skip_slices = skip_slices
         #: seconds per stage of the last :meth:`segment` call: checks_and_reorient, slices
         #: (preprocess + network + back to the slice grid), postprocess
         self.last_timings: dict[str, float] = {}
@@ -245,16 +249,19 @@ class LungSegmenter:
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         body: np.ndarray | None = None,
+        only: np.ndarray | None = None,
     ) -> np.ndarray:
         """Lung mask (Z, H, W) bool for canonical HU slices (Z, H, W), batch by batch.
 
         ``spacing_yx`` in mm (None: unknown, square pixels); ``body``, the canonical
-        body mask, is computed here when cropping needs it and none is given.
+        body mask, is computed here when cropping needs it and none is given;
+        ``only`` (bool per slice) limits the network to those slices (the others stay empty).
         """
-        n = hu.shape[0]
+        todo = np.arange(hu.shape[0]) if only is None else np.flatnonzero(only)
+        n = len(todo)
         if self.body_crop is not None and body is None:
             body = body_mask(hu, None if spacing_yx is None else (1.0, *spacing_yx))
-        boxes = self.crop_boxes(body, spacing_yx) if body is not None else [None] * n
+        boxes = self.crop_boxes(body, spacing_yx) if body is not None else [None] * hu.shape[0]
         mask = np.zeros(hu.shape, dtype=bool)
         bar = None
         if progress is None and self.progress:
@@ -267,9 +274,10 @@ class LungSegmenter:
                 if cancel is not None and cancel():
                     raise SegmentationCancelled(f"cancelled after {z} of {n} slices")
                 z1 = min(n, z + self.batch_size)
+                index = todo[z:z1]
                 # One batch at a time, in its own dtype (int16 CT moves half the bytes of float32);
                 # windowing, resizing and thresholding run on the model's device.
-                batch = np.array(hu[z:z1])
+                batch = np.array(hu[index])
                 if batch.dtype not in _TENSOR_DTYPES:
                     batch = batch.astype(np.float32)
                 batch = torch.from_numpy(batch)
@@ -277,12 +285,12 @@ class LungSegmenter:
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
                 # Each slice has its own crop box: prepare slice by slice, run the network on the batch.
                 pairs = [
-                    to_network(batch[i : i + 1], self.input_size, spacing_yx, self.hu_window, boxes[z + i])
-                    for i in range(z1 - z)
+                    to_network(batch[i : i + 1], self.input_size, spacing_yx, self.hu_window, boxes[k])
+                    for i, k in enumerate(index)
                 ]
                 prob = self._forward_with_retry(torch.cat([x for x, _ in pairs]))
-                for i, (_, frame) in enumerate(pairs):
-                    mask[z + i] = (from_network(prob[i : i + 1], frame)[0] > self.threshold).cpu().numpy()
+                for i, (k, (_, frame)) in enumerate(zip(index, pairs)):
+                    mask[k] = (from_network(prob[i : i + 1], frame)[0] > self.threshold).cpu().numpy()
                 z = z1
                 if bar is not None:
                     bar.update(z1 - bar.n)
@@ -324,8 +332,11 @@ class LungSegmenter:
                 progress(0.95 * fraction, message)
 
         body = body_mask(hu, reo.spacing_zyx)
+        only = slices_that_may_hold_lung(hu, body, reo.spacing_zyx) if self.skip_slices else None
         t1 = clock()
-        mask = self.predict_canonical(hu, reo.spacing_zyx[1:], report if progress else None, cancel, body=body)
+        mask = self.predict_canonical(
+            hu, reo.spacing_zyx[1:], report if progress else None, cancel, body=body, only=only
+        )
         if cancel is not None and cancel():
             raise SegmentationCancelled("cancelled before post-processing")
         if progress is not None:
@@ -334,6 +345,7 @@ class LungSegmenter:
         labels, removed = postprocess_with_report(mask, reo.spacing_zyx, threshold=0.5, body=body)
         del mask
         qc = quality_check(labels, reo.spacing_zyx, body, removed)
+        qc["measures"]["slices_skipped"] = 0 if only is None else int(np.count_nonzero(~only))
         out = sitk.GetImageFromArray(np.ascontiguousarray(reo.from_canonical(labels)))
         out.CopyInformation(image)
         self.last_timings = {"checks_and_reorient": t1 - t0, "slices": t2 - t1, "postprocess": clock() - t2}

@@ -48,3 +48,42 @@ def test_bundled_model_finds_both_lungs_on_the_sample_ct(segmenter):
     # Right lung (label 1) is on the patient's right: smaller LPS x, i.e. lower column index here.
     cols = np.nonzero(labels)[2]
     assert np.nonzero(labels == 1)[2].mean() < cols.mean() < np.nonzero(labels == 2)[2].mean()
+
+
+DEV_VOLUMES = [
+    "dev/C3N-00247_chest_ct.nii.gz",
+    "dev/LungPETCTDx_A0001_CT_5mm_kernelB.nii.gz",
+    "dev/NSCLCRadiomics_LUNG1-001_CT.nii.gz",
+    "dev/totalsegmentator_abdomen_dicom",
+]
+
+
+@pytest.mark.parametrize("path", DEV_VOLUMES, ids=lambda p: p.split("/")[-1].split(".")[0])
+def test_skipping_lung_free_slices_changes_nothing_on_every_dev_volume(segmenter, path):
+    """Labels with and without skipping the network on slices far from lung-sized air differ by under 1 mL.
+
+    Every second slice of each real dev volume, to keep the test short; a volume where nothing is skipped
+    is identical by construction.  The network runs once on all slices; the skipped run is the same
+    output with the skipped slices left empty, through the same post-processing.
+    """
+    import SimpleITK as sitk
+
+    from FusionLungSegLib.body import body_mask, slices_that_may_hold_lung
+    from FusionLungSegLib.geometry import AxialReorientation
+    from FusionLungSegLib.io import read_image
+    from FusionLungSegLib.postprocess import postprocess
+
+    image = read_image(require(DATA / path))
+    reo = AxialReorientation.from_image(image)
+    hu = np.ascontiguousarray(reo.to_canonical(sitk.GetArrayFromImage(image))[::2])
+    spacing = (2 * reo.spacing_zyx[0], *reo.spacing_zyx[1:])
+    body = body_mask(hu, spacing)
+    run = slices_that_may_hold_lung(hu, body, spacing)
+    if run.all():
+        return
+    mask = segmenter.predict_canonical(hu, spacing[1:], body=body)
+    full = postprocess(mask, spacing, body=body)
+    mask[~run] = False
+    skipped = postprocess(mask, spacing, body=body)
+    differ_ml = np.count_nonzero(full != skipped) * np.prod(spacing) / 1000
+    assert differ_ml < 1.0, f"{path}: labels differ over {differ_ml:.1f} mL with {np.sum(~run)} slices skipped"
