@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["synthetic_ct", "run_bench", "time_lungmask", "pipeline_figures"]
+__all__ = ["synthetic_ct", "run_bench", "time_lungmask", "pipeline_figures", "summary"]
 
 Clock = Callable[[], float]
 
@@ -161,6 +161,7 @@ def run_bench(
     """
     import SimpleITK as sitk
 
+    from .hardware import cpu_info
     from .inference import LungSegmenter
     from .io import read_image, write_image
     from .model import FusionLungNet
@@ -228,6 +229,7 @@ def run_bench(
             "date": time.strftime("%Y-%m-%d"),
             "machine": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
+            "cpu": cpu_info(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "device": str(dev),
@@ -261,3 +263,30 @@ def run_bench(
             result["lungmask"] = {**lm, **pipeline_figures(lm_s, lm_slices)}
             result["speedup_vs_lungmask"] = round(lm_s / pipe_s, 2)
     return result
+
+
+def summary(result: dict) -> str:
+    """A few human-readable lines for a :func:`run_bench` result: the CPU, the settings, the figures."""
+    from .hardware import describe_cpu
+
+    settings = [
+        f"device {result['device']}" + (f" ({result['gpu']})" if result.get("gpu") else ""),
+        *(f"{key} {result[key]}" for key in ("precision", "backend") if key in result),
+        f"{result['threads']} threads",
+        f"{result['input_size']} px",
+        f"batch {result['batch_size']}",
+    ]
+    lines = [
+        f"CPU: {describe_cpu(result['cpu'])}",
+        "settings: " + ", ".join(settings),
+        f"network: {result['network_seconds_per_slice']} s/slice ({result['network_slices_per_second']} slices/s)",
+        f"pipeline: {result['pipeline_seconds']} s for {result['pipeline_slices']} slices "
+        f"({result['pipeline_seconds_per_slice']} s/slice), peak {result['peak_rss_mb_above_input']} MB above input",
+    ]
+    if "lungmask" in result:
+        lm = result["lungmask"]
+        lines.append(
+            f"lungmask: {lm['pipeline_seconds']} s ({lm['pipeline_seconds_per_slice']} s/slice); "
+            f"ours is {result['speedup_vs_lungmask']}x faster"
+        )
+    return "\n".join(lines)

@@ -259,6 +259,9 @@ def _cmd_bench(args) -> int:
         compare_lungmask=args.compare_lungmask,
         threads=args.threads,
     )
+    from .bench import summary
+
+    print(summary(result), file=sys.stderr)  # stdout carries the JSON alone
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

@@ -102,3 +102,14 @@ def test_report_names_the_machine_and_the_settings():
     assert result["weights"] == "given segmenter" and result["device"] == "cpu"
     assert result["input"] == "synthetic 512x512x3 phantom"
     assert result["input_volume_mb"] == pytest.approx(3 * 512 * 512 * 2 / 2**20, abs=0.1)
+
+
+def test_report_names_the_cpu_and_its_bf16_units():
+    from FusionLungSegLib.hardware import cpu_info
+
+    result = _run(FakeClock())
+    assert result["cpu"] == cpu_info()
+    text = bench.summary(result)
+    assert text.startswith(f"CPU: {cpu_info()['name']}")
+    assert "bf16 matrix units" in text and f"{result['threads']} threads" in text
+    assert "network: 0.25 s/slice (4.0 slices/s)" in text and "12.0 s for 3 slices" in text

@@ -85,7 +85,9 @@ def test_bench_prints_and_writes_figures(random_weights, tmp_path, capsys):
     for key in ("network_seconds_per_slice", "pipeline_seconds_per_300_slices", "peak_rss_mb", "torch", "threads"):
         assert key in result, key
     assert result["pipeline_slices"] == 3 and result["network_seconds_per_slice"] > 0
-    assert json.loads(capsys.readouterr().out) == result
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == result
+    assert printed.err.startswith(f"CPU: {result['cpu']['name']}")
 
 
 def test_bench_side_by_side_with_lungmask_on_a_real_file(random_weights, tmp_path, capsys):
