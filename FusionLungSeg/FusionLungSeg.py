@@ -135,7 +135,7 @@ class FusionLungSegLogic(ScriptedLoadableModuleLogic):
         self._impl = LungSegmentationLogic(scene if scene is not None else slicer.mrmlScene)
 
     def setDefaultParameters(self, parameterNode):
-        defaults = {"Device": "auto", "Fast": "false", "Show3D": "true"}
+        defaults = {"Device": "auto", "Precision": "auto", "Fast": "false", "Show3D": "true"}
         for key, value in defaults.items():
             if not parameterNode.GetParameter(key):
                 parameterNode.SetParameter(key, value)
@@ -175,6 +175,8 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputVolumeSelector.hideChildNodeTypes = ["vtkMRMLLabelMapVolumeNode"]
         self.ui.deviceComboBox.clear()
         self.ui.deviceComboBox.addItems(["auto", "cuda", "cpu"])
+        self.ui.precisionComboBox.clear()
+        self.ui.precisionComboBox.addItems(["auto", "fp32", "bf16"])
         self.logic = FusionLungSegLogic()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -182,6 +184,7 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.precisionComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.fastModeCheckBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
         self.ui.show3DCheckBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -232,6 +235,7 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputVolumeSelector.setCurrentNode(p.GetNodeReference("InputVolume"))
         self.ui.outputSegmentationSelector.setCurrentNode(p.GetNodeReference("OutputSegmentation"))
         self.ui.deviceComboBox.setCurrentText(p.GetParameter("Device") or "auto")
+        self.ui.precisionComboBox.setCurrentText(p.GetParameter("Precision") or "auto")
         self.ui.fastModeCheckBox.checked = p.GetParameter("Fast") == "true"
         self.ui.show3DCheckBox.checked = p.GetParameter("Show3D") == "true"
         self._updating = False
@@ -245,6 +249,7 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.SetNodeReferenceID("InputVolume", self.ui.inputVolumeSelector.currentNodeID)
         p.SetNodeReferenceID("OutputSegmentation", self.ui.outputSegmentationSelector.currentNodeID)
         p.SetParameter("Device", self.ui.deviceComboBox.currentText)
+        p.SetParameter("Precision", self.ui.precisionComboBox.currentText)
         p.SetParameter("Fast", "true" if self.ui.fastModeCheckBox.checked else "false")
         p.SetParameter("Show3D", "true" if self.ui.show3DCheckBox.checked else "false")
         self._parameterNode.EndModify(wasModified)
@@ -262,7 +267,12 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = hasInput and not busy
         self.ui.applyButton.toolTip = "Segment the lungs" if hasInput else "Select a CT volume first"
         self.ui.cancelButton.enabled = self._state == RUNNING
-        for w in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector, self.ui.deviceComboBox):
+        for w in (
+            self.ui.inputVolumeSelector,
+            self.ui.outputSegmentationSelector,
+            self.ui.deviceComboBox,
+            self.ui.precisionComboBox,
+        ):
             w.enabled = not busy
 
     def onProgress(self, fraction, message):
@@ -288,6 +298,7 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.inputVolumeSelector.currentNode(),
                 self.ui.outputSegmentationSelector.currentNode(),
                 device=p.GetParameter("Device") or "auto",
+                precision=p.GetParameter("Precision") or "auto",
                 input_size=160 if p.GetParameter("Fast") == "true" else None,
                 progress=self.onProgress,
                 cancel=lambda: self._cancelRequested,

@@ -147,6 +147,7 @@ def run_bench(
     input_path: str | Path | None = None,
     compare_lungmask: bool = False,
     threads: int | None = None,
+    precision: str = "auto",
     *,
     segmenter=None,
     clock: Clock = time.perf_counter,
@@ -156,7 +157,7 @@ def run_bench(
     The pipeline runs on ``input_path`` (any CT file or DICOM folder) or on a
     synthetic ``slices``-slice 512x512 phantom.  Returns a JSON-able dict.
     ``segmenter``: an already built :class:`LungSegmenter` (then ``weights``,
-    ``device``, ``input_size`` and ``batch_size`` are its own); ``clock``: the
+    ``device``, ``input_size``, ``batch_size`` and ``precision`` are its own); ``clock``: the
     clock every duration is read from.
     """
     import SimpleITK as sitk
@@ -189,12 +190,22 @@ def run_bench(
                 seg, weights_used = segmenter, "given segmenter"
             else:
                 seg = LungSegmenter(
-                    weights, device=device, batch_size=batch_size, input_size=input_size, progress=False
+                    weights,
+                    device=device,
+                    batch_size=batch_size,
+                    input_size=input_size,
+                    progress=False,
+                    precision=precision,
                 )
                 weights_used = weights or "bundled"
         except WeightsError:
             seg = LungSegmenter(
-                model=FusionLungNet(), device=device, batch_size=batch_size, input_size=input_size, progress=False
+                model=FusionLungNet(),
+                device=device,
+                batch_size=batch_size,
+                input_size=input_size,
+                progress=False,
+                precision=precision,
             )
             weights_used = "random (no bundled weights)"
         dev = seg.device
@@ -238,6 +249,8 @@ def run_bench(
             "input": source,
             "input_size": seg.input_size,
             "batch_size": seg.batch_size,
+            "precision": seg.precision,
+            "backend": "torch",
             "network_seconds_per_slice": round(net_s, 4),
             "network_slices_per_second": round(1.0 / net_s, 2),
             "pipeline_slices": n,

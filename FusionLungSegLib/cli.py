@@ -25,6 +25,16 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="network arithmetic: auto = bf16 on CUDA and on CPUs with bf16 matrix units (amx_bf16, "
+        "avx512_bf16), fp32 elsewhere; bf16 on other CPUs works but is several times slower",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionlungseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -52,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--png", help="overlay picture to write (default: OUTPUT with .png); 'none' to skip")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_device(s)
+    _add_precision(s)
 
     t = sub.add_parser("train", help="train FusionLungNet on 2D CT slices with lung masks")
     t.add_argument("--data", help="Kaggle 'finding-lungs' archive (.tar.gz) or folder (default: ../shared/data)")
@@ -117,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", help="write the figures here")
     _add_device(b)
+    _add_precision(b)
     return parser
 
 
@@ -136,6 +148,7 @@ def _cmd_segment(args) -> int:
         batch_size=args.batch_size,
         input_size=160 if args.fast else args.input_size,
         progress=not args.quiet,
+        precision=args.precision,
     )
     labels = seg.segment(image)
     write_image(labels, out)
@@ -152,6 +165,7 @@ def _cmd_segment(args) -> int:
         "seconds": round(time.monotonic() - t0, 1),
         "device": str(seg.device),
         "input_size": seg.input_size,
+        "precision": seg.precision,
     }
     if (args.png or "").lower() != "none":
         from .render import overlay_png
@@ -258,6 +272,7 @@ def _cmd_bench(args) -> int:
         input_path=args.input,
         compare_lungmask=args.compare_lungmask,
         threads=args.threads,
+        precision=args.precision,
     )
     from .bench import summary
 

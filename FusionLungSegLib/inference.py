@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .geometry import AxialReorientation
+from .hardware import resolve_precision
 from .model import FusionLungNet
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess
 from .preprocess import HU_WINDOW, from_network, to_network
@@ -133,6 +134,9 @@ class LungSegmenter:
         progress: show a tqdm bar when no ``progress`` callback is given.
         model: an already built network (for tests or custom training); skips ``weights``.
         sha256: expected hash of a non-bundled ``weights`` file.
+        precision: "auto" (bf16 on CUDA and on CPUs with bf16 matrix units, else fp32),
+            "fp32" or "bf16" (bf16 autocast around the forward pass; probabilities stay fp32).
+            bf16 on a CPU without bf16 units works but warns: it is several times slower.
     """
 
     def __init__(
@@ -147,8 +151,12 @@ class LungSegmenter:
         sha256: str | None = None,
         hu_window: tuple[float, float] | None = None,
         threshold: float = 0.5,
+        precision: str = "auto",
     ):
         self.device = resolve_device(device)
+        #: as asked ("auto", "fp32", "bf16") and as used ("fp32" or "bf16") on ``self.device``
+        self.precision_requested = precision
+        self.precision = resolve_precision(precision, self.device)
         meta: dict = {}
         if model is None:
             state, meta = load_weights(weights, sha256)
@@ -197,7 +205,7 @@ class LungSegmenter:
         if cuda and x.device.type == "cpu":
             x = x.pin_memory()  # page-locked, so the copy below runs asynchronously (CUDA tensors cannot be pinned)
         x = x.to(self.device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out = self.model(x)
         logits = out[0] if isinstance(out, (tuple, list)) else out
         return torch.sigmoid(logits.float())
@@ -218,6 +226,7 @@ class LungSegmenter:
             warnings.warn("CUDA out of memory at batch size 1: continuing on the CPU", stacklevel=2)
             self.device = torch.device("cpu")
             self.model = self.model.cpu()
+            self.precision = resolve_precision(self.precision_requested, self.device)
             return self._forward(x)
 
     @torch.inference_mode()

@@ -162,8 +162,8 @@ class LungSegmentationLogic:
     """Segment lungs of a ``vtkMRMLScalarVolumeNode`` into a ``vtkMRMLSegmentationNode``.
 
     ``scene`` defaults to ``slicer.mrmlScene`` (the application's scene).
-    Segmenters are cached per (weights, device, input size), so repeated runs
-    do not reload the model.
+    Segmenters are cached per (weights, device, input size, precision), so
+    repeated runs do not reload the model.
     """
 
     def __init__(self, scene=None):
@@ -175,10 +175,14 @@ class LungSegmentationLogic:
         self.last_seconds = 0.0
 
     # ------------------------------------------------------------ model
-    def segmenter(self, weights=None, device: str = "auto", input_size: int | None = None) -> LungSegmenter:
-        key = (str(weights) if weights else None, device, input_size)
+    def segmenter(
+        self, weights=None, device: str = "auto", input_size: int | None = None, precision: str = "auto"
+    ) -> LungSegmenter:
+        key = (str(weights) if weights else None, device, input_size, precision)
         if key not in self._segmenters:
-            self._segmenters[key] = LungSegmenter(weights, device=device, input_size=input_size, progress=False)
+            self._segmenters[key] = LungSegmenter(
+                weights, device=device, input_size=input_size, progress=False, precision=precision
+            )
         return self._segmenters[key]
 
     # ------------------------------------------------------------ checks
@@ -211,6 +215,7 @@ class LungSegmentationLogic:
         device: str = "auto",
         input_size: int | None = None,
         weights=None,
+        precision: str = "auto",
         progress: Callable[[float, str], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         segmenter: LungSegmenter | None = None,
@@ -221,7 +226,8 @@ class LungSegmentationLogic:
         ``cancel()`` returning True stops within one batch and raises
         :class:`SegmentationCancelled`.  The input volume is never modified;
         in a given segmentation node only the segments "right_lung" and
-        "left_lung" are replaced.  ``input_size`` None uses the model's own size.
+        "left_lung" are replaced.  ``input_size`` None uses the model's own size;
+        ``precision`` is "auto", "fp32" or "bf16" (see :class:`LungSegmenter`).
         """
         t0 = time.monotonic()
         self.validate_volume(volume_node)
@@ -230,7 +236,7 @@ class LungSegmentationLogic:
                 raise InvalidInputError(f"'{segmentation_node.GetName()}' is not a segmentation node")
             if self.scene.GetNodeByID(segmentation_node.GetID()) is not segmentation_node:
                 raise InvalidInputError(f"'{segmentation_node.GetName()}' is not in this logic's scene")
-        seg = segmenter or self.segmenter(weights, device, input_size)
+        seg = segmenter or self.segmenter(weights, device, input_size, precision)
         image = volume_node_to_sitk(volume_node)
         labels_image = seg.segment(image, progress=progress, cancel=cancel)
         if cancel is not None and cancel():
