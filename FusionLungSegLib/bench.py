@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["synthetic_ct", "run_bench", "time_lungmask", "pipeline_figures", "summary"]
+__all__ = ["synthetic_ct", "run_bench", "time_lungmask", "pipeline_figures", "compare_backends", "summary"]
 
 Clock = Callable[[], float]
 
@@ -128,6 +128,42 @@ def pipeline_figures(seconds: float, slices: int) -> dict:
     }
 
 
+def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) -> dict:
+    """The network alone in torch and in ONNX Runtime, side by side: ``repeats`` rounds, each timing one
+    batch of ``seg``'s size in torch then the same batch in ONNX Runtime (after one warm-up each).
+
+    ``seg`` must have the ONNX Runtime engine (backend auto or onnxruntime: CPU, fp32, onnxruntime
+    installed).  Reports the median seconds per slice of each, their ratio and the largest difference
+    between the two engines' probabilities.
+    """
+    engine = getattr(seg, "_onnx", None)
+    if engine is None:
+        raise RuntimeError(
+            "comparing backends needs ONNX Runtime on the CPU in fp32: --device cpu --precision fp32 and "
+            "pip install 'fusionlungseg[onnx]'"
+        )
+    x = torch.rand(seg.batch_size, 1, seg.input_size, seg.input_size)
+    with torch.inference_mode():
+        p_torch = torch.sigmoid(seg._torch_logits(x).float())
+        p_onnx = torch.sigmoid(engine.logits(x))
+        times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+        for _ in range(repeats):
+            for name, run in (("torch", seg._torch_logits), ("onnxruntime", engine.logits)):
+                t0 = clock()
+                run(x)
+                times[name].append(clock() - t0)
+    per_slice = {name: float(np.median(t)) / seg.batch_size for name, t in times.items()}
+    return {
+        "input_size": seg.input_size,
+        "batch_size": seg.batch_size,
+        "repeats": repeats,
+        "torch_seconds_per_slice": round(per_slice["torch"], 4),
+        "onnxruntime_seconds_per_slice": round(per_slice["onnxruntime"], 4),
+        "onnxruntime_speedup": round(per_slice["torch"] / per_slice["onnxruntime"], 2),
+        "max_probability_difference": float((p_torch - p_onnx).abs().max()),
+    }
+
+
 def _dist_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -148,6 +184,8 @@ def run_bench(
     compare_lungmask: bool = False,
     threads: int | None = None,
     precision: str = "auto",
+    backend: str = "auto",
+    compare_engines: bool = False,
     *,
     segmenter=None,
     clock: Clock = time.perf_counter,
@@ -155,9 +193,11 @@ def run_bench(
     """Time the network alone (``network_slices`` slices) and the full pipeline.
 
     The pipeline runs on ``input_path`` (any CT file or DICOM folder) or on a
-    synthetic ``slices``-slice 512x512 phantom.  Returns a JSON-able dict.
+    synthetic ``slices``-slice 512x512 phantom.  Returns a JSON-able dict; with
+    ``compare_engines`` also the network alone in torch and ONNX Runtime side by
+    side (:func:`compare_backends`).
     ``segmenter``: an already built :class:`LungSegmenter` (then ``weights``,
-    ``device``, ``input_size``, ``batch_size`` and ``precision`` are its own); ``clock``: the
+    ``device``, ``input_size``, ``batch_size``, ``precision`` and ``backend`` are its own); ``clock``: the
     clock every duration is read from.
     """
     import SimpleITK as sitk
@@ -196,6 +236,7 @@ def run_bench(
                     input_size=input_size,
                     progress=False,
                     precision=precision,
+                    backend=backend,
                 )
                 weights_used = weights or "bundled"
         except WeightsError:
@@ -206,10 +247,11 @@ def run_bench(
                 input_size=input_size,
                 progress=False,
                 precision=precision,
+                backend=backend,
             )
             weights_used = "random (no bundled weights)"
         dev = seg.device
-        # Network alone: warm-up batch, then timed batches of network-size input.
+        # Network alone: warm-up batch (with backend auto it also picks the engine), then timed batches.
         x = torch.rand(seg.batch_size, 1, seg.input_size, seg.input_size)
         seg._forward_with_retry(x)
         n_batches = max(1, network_slices // seg.batch_size)
@@ -250,7 +292,9 @@ def run_bench(
             "input_size": seg.input_size,
             "batch_size": seg.batch_size,
             "precision": seg.precision,
-            "backend": "torch",
+            "backend": seg.backend,
+            # backend auto: seconds per slice of each engine when the warm-up batch measured them
+            "backend_measured": getattr(getattr(seg, "_onnx", None), "measured", None),
             "network_seconds_per_slice": round(net_s, 4),
             "network_slices_per_second": round(1.0 / net_s, 2),
             "pipeline_slices": n,
@@ -270,6 +314,8 @@ def run_bench(
         }
         if dev.type == "cuda":
             result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+        if compare_engines:
+            result["backends"] = compare_backends(seg, clock=clock)
         if compare_lungmask:
             lm = time_lungmask(src, tmp / "lungmask.nii.gz", dev, clock=clock)
             lm_s, lm_slices = lm.pop("seconds"), lm.pop("slices")
@@ -296,6 +342,12 @@ def summary(result: dict) -> str:
         f"pipeline: {result['pipeline_seconds']} s for {result['pipeline_slices']} slices "
         f"({result['pipeline_seconds_per_slice']} s/slice), peak {result['peak_rss_mb_above_input']} MB above input",
     ]
+    if "backends" in result:
+        be = result["backends"]
+        lines.append(
+            f"network, side by side: torch {be['torch_seconds_per_slice']} s/slice, onnxruntime "
+            f"{be['onnxruntime_seconds_per_slice']} s/slice ({be['onnxruntime_speedup']}x)"
+        )
     if "lungmask" in result:
         lm = result["lungmask"]
         lines.append(

@@ -33,6 +33,13 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
         help="network arithmetic: auto = bf16 on CUDA and on CPUs with bf16 matrix units (amx_bf16, "
         "avx512_bf16), fp32 elsewhere; bf16 on other CPUs works but is several times slower",
     )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="engine for the network: auto = ONNX Runtime when it is installed (pip install "
+        "'fusionlungseg[onnx]') and measured faster on this machine (CPU, fp32), else torch",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run lungmask's pipeline on the same volume and report the ratio (pip install lungmask)",
     )
+    b.add_argument(
+        "--compare-backends",
+        action="store_true",
+        help="also time the network alone in torch and in ONNX Runtime side by side (CPU, fp32)",
+    )
     b.add_argument("--json", help="write the figures here")
     _add_device(b)
     _add_precision(b)
@@ -149,6 +161,7 @@ def _cmd_segment(args) -> int:
         input_size=160 if args.fast else args.input_size,
         progress=not args.quiet,
         precision=args.precision,
+        backend=args.backend,
     )
     labels = seg.segment(image)
     write_image(labels, out)
@@ -166,6 +179,7 @@ def _cmd_segment(args) -> int:
         "device": str(seg.device),
         "input_size": seg.input_size,
         "precision": seg.precision,
+        "backend": seg.backend,
     }
     if (args.png or "").lower() != "none":
         from .render import overlay_png
@@ -273,6 +287,8 @@ def _cmd_bench(args) -> int:
         compare_lungmask=args.compare_lungmask,
         threads=args.threads,
         precision=args.precision,
+        backend=args.backend,
+        compare_engines=args.compare_backends,
     )
     from .bench import summary
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FUSIONLUNGSEG_DATA", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Tests run torch unless they ask for another engine (so labels compare exactly across processes), and
+# exported ONNX graphs and backend verdicts go to a throw-away folder, never the user's cache.
+os.environ.setdefault("FUSIONLUNGSEG_BACKEND", "torch")
+os.environ.setdefault("FUSIONLUNGSEG_CACHE", tempfile.mkdtemp(prefix="fusionlungseg-cache-"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
