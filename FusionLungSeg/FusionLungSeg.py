@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import qt
 import slicer
@@ -123,7 +124,8 @@ class FusionLungSeg(ScriptedLoadableModule):
 # Logic (no Qt): thin wrapper so that the console call is FusionLungSeg.FusionLungSegLogic().segment(node)
 #
 class FusionLungSegLogic(ScriptedLoadableModuleLogic):
-    """``segment(volume_node, segmentation_node=None, *, device, input_size, progress, cancel)``;
+    """``segment(volume_node, segmentation_node=None, *, device, precision, input_size, progress, cancel)``
+    (synchronous) and ``start(...)`` (a ``SegmentationTask`` computing in a worker thread);
     see ``FusionLungSegLib.mrml.LungSegmentationLogic``."""
 
     def __init__(self, scene=None):
@@ -133,13 +135,24 @@ class FusionLungSegLogic(ScriptedLoadableModuleLogic):
         self._impl = LungSegmentationLogic(scene if scene is not None else slicer.mrmlScene)
 
     def setDefaultParameters(self, parameterNode):
-        defaults = {"Device": "auto", "Fast": "false", "Show3D": "true"}
+        defaults = {"Device": "auto", "Precision": "auto", "Fast": "false", "Show3D": "true"}
         for key, value in defaults.items():
             if not parameterNode.GetParameter(key):
                 parameterNode.SetParameter(key, value)
 
     def segment(self, volume_node, segmentation_node=None, **kwargs):
         return self._impl.segment(volume_node, segmentation_node, **kwargs)
+
+    def start(self, volume_node, segmentation_node=None, **kwargs):
+        """Check and copy the input here (main thread), then compute in a worker thread; the caller
+        polls the returned task and calls its ``finish()`` on the main thread to write the segments."""
+        from FusionLungSegLib.mrml import SegmentationTask
+
+        return SegmentationTask(self._impl, self._impl.prepare(volume_node, segmentation_node, **kwargs)).start()
+
+    @property
+    def last_seconds(self):
+        return self._impl.last_seconds
 
     def lung_volumes_ml(self, segmentation_node):
         return self._impl.lung_volumes_ml(segmentation_node)
@@ -149,9 +162,11 @@ class FusionLungSegLogic(ScriptedLoadableModuleLogic):
 
 
 #
-# Widget: wiring and processing states only
+# Widget: wiring and processing states only. Inference runs in a worker thread (SegmentationTask); a QTimer
+# polls it, and the scene is changed on the main thread when it has finished. Runs only inside Slicer.
 #
 IDLE, RUNNING, CANCELLING, DONE, FAILED = "idle", "running", "cancelling", "done", "failed"
+POLL_MS = 100
 
 
 class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -162,7 +177,8 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._updating = False
         self._state = IDLE
-        self._cancelRequested = False
+        self._task = None  # the running SegmentationTask
+        self._timer = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -173,13 +189,19 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputVolumeSelector.hideChildNodeTypes = ["vtkMRMLLabelMapVolumeNode"]
         self.ui.deviceComboBox.clear()
         self.ui.deviceComboBox.addItems(["auto", "cuda", "cpu"])
+        self.ui.precisionComboBox.clear()
+        self.ui.precisionComboBox.addItems(["auto", "fp32", "bf16"])
         self.logic = FusionLungSegLogic()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_MS)
+        self._timer.connect("timeout()", self.onPoll)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.precisionComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.fastModeCheckBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
         self.ui.show3DCheckBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -188,6 +210,10 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setState(IDLE, "Choose a chest CT and press Apply.")
 
     def cleanup(self):
+        if self._task is not None:
+            self._task.cancel()  # the worker stops after its batch; nothing is written
+        if self._timer is not None:
+            self._timer.stop()
         self.removeObservers()
 
     def enter(self):
@@ -198,6 +224,8 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller, event):
+        if self._task is not None:
+            self._task.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -230,6 +258,7 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputVolumeSelector.setCurrentNode(p.GetNodeReference("InputVolume"))
         self.ui.outputSegmentationSelector.setCurrentNode(p.GetNodeReference("OutputSegmentation"))
         self.ui.deviceComboBox.setCurrentText(p.GetParameter("Device") or "auto")
+        self.ui.precisionComboBox.setCurrentText(p.GetParameter("Precision") or "auto")
         self.ui.fastModeCheckBox.checked = p.GetParameter("Fast") == "true"
         self.ui.show3DCheckBox.checked = p.GetParameter("Show3D") == "true"
         self._updating = False
@@ -243,6 +272,7 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.SetNodeReferenceID("InputVolume", self.ui.inputVolumeSelector.currentNodeID)
         p.SetNodeReferenceID("OutputSegmentation", self.ui.outputSegmentationSelector.currentNodeID)
         p.SetParameter("Device", self.ui.deviceComboBox.currentText)
+        p.SetParameter("Precision", self.ui.precisionComboBox.currentText)
         p.SetParameter("Fast", "true" if self.ui.fastModeCheckBox.checked else "false")
         p.SetParameter("Show3D", "true" if self.ui.show3DCheckBox.checked else "false")
         self._parameterNode.EndModify(wasModified)
@@ -260,51 +290,73 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = hasInput and not busy
         self.ui.applyButton.toolTip = "Segment the lungs" if hasInput else "Select a CT volume first"
         self.ui.cancelButton.enabled = self._state == RUNNING
-        for w in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector, self.ui.deviceComboBox):
+        for w in (
+            self.ui.inputVolumeSelector,
+            self.ui.outputSegmentationSelector,
+            self.ui.deviceComboBox,
+            self.ui.precisionComboBox,
+        ):
             w.enabled = not busy
 
-    def onProgress(self, fraction, message):
-        self.ui.progressBar.value = int(round(100 * fraction))
-        if self._state == RUNNING:
-            self.ui.statusLabel.text = message
-        slicer.app.processEvents()  # keeps the GUI responsive and lets Cancel be clicked
-
     def onCancelButton(self):
-        self._cancelRequested = True
+        if self._task is not None:
+            self._task.cancel()
         self.setState(CANCELLING, "Cancelling after the current batch of slices...")
 
     def onApplyButton(self):
         if not ensure_dependencies():
             self.setState(FAILED, "Missing Python packages: " + ", ".join(missing_packages()))
             return
-        self._cancelRequested = False
         self.ui.volumesTableWidget.setRowCount(0)
-        self.setState(RUNNING, "Loading the model...")
         p = self._parameterNode
-        try:
-            seg = self.logic.segment(
+        try:  # checks the nodes and copies the CT here; the model loads and runs in the worker thread
+            self._task = self.logic.start(
                 self.ui.inputVolumeSelector.currentNode(),
                 self.ui.outputSegmentationSelector.currentNode(),
                 device=p.GetParameter("Device") or "auto",
+                precision=p.GetParameter("Precision") or "auto",
                 input_size=160 if p.GetParameter("Fast") == "true" else None,
-                progress=self.onProgress,
-                cancel=lambda: self._cancelRequested,
             )
         except Exception as exc:
-            from FusionLungSegLib.mrml import SegmentationCancelled
+            self.onFailed(exc)
+            return
+        self.ui.progressBar.value = 0
+        self.setState(RUNNING, "Loading the model...")
+        self._timer.start()
 
-            if isinstance(exc, SegmentationCancelled):
-                self.setState(IDLE, "Cancelled; the scene was not changed.")
-            else:
-                logging.exception("Lung segmentation failed")
-                self.setState(FAILED, f"Failed: {exc}")
-                slicer.util.errorDisplay(f"Lung segmentation failed: {exc}")
+    def onPoll(self):
+        """Timer tick on the main thread: show progress; when the worker is done, write the result."""
+        task = self._task
+        if task is None:
+            self._timer.stop()
+            return
+        self.ui.progressBar.value = int(round(100 * task.fraction))
+        if self._state == RUNNING and task.message:
+            self.ui.statusLabel.text = task.message
+        if not task.finished:
+            return
+        self._timer.stop()
+        self._task = None
+        from FusionLungSegLib.mrml import SegmentationCancelled
+
+        try:
+            seg = task.finish()  # writes the segments: main thread
+        except SegmentationCancelled:
+            self.setState(IDLE, "Cancelled; the scene was not changed.")
+            return
+        except Exception as exc:
+            self.onFailed(exc)
             return
         self.ui.outputSegmentationSelector.setCurrentNode(seg)
-        if p.GetParameter("Show3D") == "true":
+        if self._parameterNode is not None and self._parameterNode.GetParameter("Show3D") == "true":
             self.logic.show_3d(seg)
         self.showVolumes(seg)
-        self.setState(DONE, f"Done in {self.logic._impl.last_seconds:.1f} s.")
+        self.setState(DONE, f"Done in {self.logic.last_seconds:.1f} s.")
+
+    def onFailed(self, exc):
+        logging.error("Lung segmentation failed", exc_info=exc)
+        self.setState(FAILED, f"Failed: {exc}")
+        slicer.util.errorDisplay(f"Lung segmentation failed: {exc}")
 
     def showVolumes(self, segmentationNode):
         volumes = self.logic.lung_volumes_ml(segmentationNode)
@@ -349,6 +401,22 @@ class FusionLungSegTest(ScriptedLoadableModuleTest):
         widget.ui.outputSegmentationSelector.setCurrentNode(seg)
         widget.ui.fastModeCheckBox.checked = True
         widget.onApplyButton()
+        self.assertEqual(widget._state, RUNNING)  # returns at once: the model runs in a worker thread
+        self.waitWhileBusy(widget)
         self.assertEqual(widget._state, DONE)
         self.assertEqual(widget.ui.volumesTableWidget.rowCount, 3)
+        self.delayDisplay("Cancel through the panel")
+        segments = segmentation.GetNumberOfSegments()
+        widget.onApplyButton()
+        widget.onCancelButton()
+        self.waitWhileBusy(widget)
+        self.assertEqual(widget._state, IDLE)
+        self.assertEqual(segmentation.GetNumberOfSegments(), segments)
         self.delayDisplay("Test passed")
+
+    def waitWhileBusy(self, widget, timeout_s=600):
+        deadline = time.monotonic() + timeout_s
+        while widget._state in (RUNNING, CANCELLING):
+            self.assertLess(time.monotonic(), deadline, "the panel's segmentation did not finish")
+            slicer.app.processEvents()
+            time.sleep(0.02)

@@ -8,6 +8,11 @@ With ``compare_lungmask`` the same file also goes through lungmask's
 ``LMInferer`` (its U-Net with random weights: R231 cannot be downloaded here,
 and the speed does not depend on the weights) in the same run, and the ratio is
 reported.
+
+Every duration is read from one clock, ``time.perf_counter`` unless the caller
+passes another (tests pass a fake one, so the report's arithmetic is checked
+without depending on the machine's speed).  Derived figures (per slice, per
+300 slices, the ratio to lungmask) are computed from the unrounded durations.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import platform
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["synthetic_ct", "run_bench", "time_lungmask"]
+__all__ = ["synthetic_ct", "run_bench", "time_lungmask", "pipeline_figures", "compare_backends", "summary"]
+
+Clock = Callable[[], float]
 
 
 def synthetic_ct(slices: int = 300, size: int = 512, seed: int = 0):
@@ -74,8 +82,13 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def time_lungmask(src: Path, dst: Path, device: torch.device, batch_size: int = 20) -> dict:
-    """lungmask's whole pipeline file to file (read -> LMInferer.apply -> write), random R231-shaped U-Net."""
+def time_lungmask(
+    src: Path, dst: Path, device: torch.device, batch_size: int = 20, clock: Clock = time.perf_counter
+) -> dict:
+    """lungmask's whole pipeline file to file (read -> LMInferer.apply -> write), random R231-shaped U-Net.
+
+    The dict holds the unrounded duration under ``seconds``; :func:`run_bench` rounds it for the report.
+    """
     import lungmask
     import SimpleITK as sitk
     from lungmask import LMInferer
@@ -90,20 +103,64 @@ def time_lungmask(src: Path, dst: Path, device: torch.device, batch_size: int = 
     )
     _sync(device)
     peak_ok = _reset_peak_rss()
-    t0 = time.perf_counter()
+    t0 = clock()
     image = sitk.ReadImage(str(src))
     out = sitk.GetImageFromArray(inferer.apply(image))
     out.CopyInformation(image)
     sitk.WriteImage(out, str(dst), True)
     _sync(device)
-    seconds = time.perf_counter() - t0
+    seconds = clock() - t0
     return {
         "version": getattr(lungmask, "__version__", None) or _dist_version("lungmask"),
         "weights": "random U-Net (R231 architecture)",
         "batch_size": batch_size,
-        "pipeline_seconds": round(seconds, 2),
-        "pipeline_seconds_per_slice": round(seconds / image.GetSize()[2], 4),
+        "slices": image.GetSize()[2],
+        "seconds": seconds,
         "peak_rss_mb": round(_peak_rss_mb(), 1) if peak_ok else None,
+    }
+
+
+def pipeline_figures(seconds: float, slices: int) -> dict:
+    """Report keys for a file-to-file run of ``slices`` slices that took ``seconds`` (unrounded)."""
+    return {
+        "pipeline_seconds": round(seconds, 3),
+        "pipeline_seconds_per_slice": round(seconds / slices, 4),
+    }
+
+
+def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) -> dict:
+    """The network alone in torch and in ONNX Runtime, side by side: ``repeats`` rounds, each timing one
+    batch of ``seg``'s size in torch then the same batch in ONNX Runtime (after one warm-up each).
+
+    ``seg`` must have the ONNX Runtime engine (backend auto or onnxruntime: CPU, fp32, onnxruntime
+    installed).  Reports the median seconds per slice of each, their ratio and the largest difference
+    between the two engines' probabilities.
+    """
+    engine = getattr(seg, "_onnx", None)
+    if engine is None:
+        raise RuntimeError(
+            "comparing backends needs ONNX Runtime on the CPU in fp32: --device cpu --precision fp32 and "
+            "pip install 'fusionlungseg[onnx]'"
+        )
+    x = torch.rand(seg.batch_size, 1, seg.input_size, seg.input_size)
+    with torch.inference_mode():
+        p_torch = torch.sigmoid(seg._torch_logits(x).float())
+        p_onnx = torch.sigmoid(engine.logits(x))
+        times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+        for _ in range(repeats):
+            for name, run in (("torch", seg._torch_logits), ("onnxruntime", engine.logits)):
+                t0 = clock()
+                run(x)
+                times[name].append(clock() - t0)
+    per_slice = {name: float(np.median(t)) / seg.batch_size for name, t in times.items()}
+    return {
+        "input_size": seg.input_size,
+        "batch_size": seg.batch_size,
+        "repeats": repeats,
+        "torch_seconds_per_slice": round(per_slice["torch"], 4),
+        "onnxruntime_seconds_per_slice": round(per_slice["onnxruntime"], 4),
+        "onnxruntime_speedup": round(per_slice["torch"] / per_slice["onnxruntime"], 2),
+        "max_probability_difference": float((p_torch - p_onnx).abs().max()),
     }
 
 
@@ -126,14 +183,26 @@ def run_bench(
     input_path: str | Path | None = None,
     compare_lungmask: bool = False,
     threads: int | None = None,
+    precision: str = "auto",
+    backend: str = "auto",
+    compare_engines: bool = False,
+    *,
+    segmenter=None,
+    clock: Clock = time.perf_counter,
 ) -> dict:
     """Time the network alone (``network_slices`` slices) and the full pipeline.
 
     The pipeline runs on ``input_path`` (any CT file or DICOM folder) or on a
-    synthetic ``slices``-slice 512x512 phantom.  Returns a JSON-able dict.
+    synthetic ``slices``-slice 512x512 phantom.  Returns a JSON-able dict; with
+    ``compare_engines`` also the network alone in torch and ONNX Runtime side by
+    side (:func:`compare_backends`).
+    ``segmenter``: an already built :class:`LungSegmenter` (then ``weights``,
+    ``device``, ``input_size``, ``batch_size``, ``precision`` and ``backend`` are its own); ``clock``: the
+    clock every duration is read from.
     """
     import SimpleITK as sitk
 
+    from .hardware import cpu_info
     from .inference import LungSegmenter
     from .io import read_image, write_image
     from .model import FusionLungNet
@@ -157,37 +226,54 @@ def run_bench(
             source = str(src)
         rss_start = _peak_rss_mb()
         try:
-            seg = LungSegmenter(weights, device=device, batch_size=batch_size, input_size=input_size, progress=False)
-            weights_used = weights or "bundled"
+            if segmenter is not None:
+                seg, weights_used = segmenter, "given segmenter"
+            else:
+                seg = LungSegmenter(
+                    weights,
+                    device=device,
+                    batch_size=batch_size,
+                    input_size=input_size,
+                    progress=False,
+                    precision=precision,
+                    backend=backend,
+                )
+                weights_used = weights or "bundled"
         except WeightsError:
             seg = LungSegmenter(
-                model=FusionLungNet(), device=device, batch_size=batch_size, input_size=input_size, progress=False
+                model=FusionLungNet(),
+                device=device,
+                batch_size=batch_size,
+                input_size=input_size,
+                progress=False,
+                precision=precision,
+                backend=backend,
             )
             weights_used = "random (no bundled weights)"
         dev = seg.device
-        # Network alone: warm-up batch, then timed batches of network-size input.
+        # Network alone: warm-up batch (with backend auto it also picks the engine), then timed batches.
         x = torch.rand(seg.batch_size, 1, seg.input_size, seg.input_size)
         seg._forward_with_retry(x)
         n_batches = max(1, network_slices // seg.batch_size)
         _sync(dev)
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(n_batches):
             seg._forward_with_retry(x)
         _sync(dev)
-        net_s = (time.perf_counter() - t0) / (n_batches * seg.batch_size)
+        net_s = (clock() - t0) / (n_batches * seg.batch_size)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         peak_reset = _reset_peak_rss()
         rss_before = _peak_rss_mb()
-        t0 = time.perf_counter()
+        t0 = clock()
         image = read_image(src)
-        t_read = time.perf_counter() - t0
+        t_read = clock() - t0
         labels = seg.segment(image)
-        t_write = time.perf_counter()
+        t_write = clock()
         write_image(labels, tmp / "lungs.nii.gz")
-        t_write = time.perf_counter() - t_write
         _sync(dev)
-        pipe_s = time.perf_counter() - t0
+        t_end = clock()
+        t_write, pipe_s = t_end - t_write, t_end - t0
         n = image.GetSize()[2]
         input_mb = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent() / 2**20
         peak_pipeline = _peak_rss_mb()
@@ -196,6 +282,7 @@ def run_bench(
             "date": time.strftime("%Y-%m-%d"),
             "machine": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
+            "cpu": cpu_info(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "device": str(dev),
@@ -204,16 +291,19 @@ def run_bench(
             "input": source,
             "input_size": seg.input_size,
             "batch_size": seg.batch_size,
+            "precision": seg.precision,
+            "backend": seg.backend,
+            # backend auto: seconds per slice of each engine when the warm-up batch measured them
+            "backend_measured": getattr(getattr(seg, "_onnx", None), "measured", None),
             "network_seconds_per_slice": round(net_s, 4),
             "network_slices_per_second": round(1.0 / net_s, 2),
             "pipeline_slices": n,
-            "pipeline_seconds": round(pipe_s, 2),
-            "pipeline_seconds_per_slice": round(pipe_s / n, 4),
+            **pipeline_figures(pipe_s, n),
             "pipeline_seconds_per_300_slices": round(pipe_s / n * 300, 1),
             "pipeline_stages_seconds": {
-                "read": round(t_read, 2),
-                **{k: round(v, 2) for k, v in seg.last_timings.items()},
-                "write": round(t_write, 2),
+                "read": round(t_read, 3),
+                **{k: round(v, 3) for k, v in seg.last_timings.items()},
+                "write": round(t_write, 3),
             },
             "input_volume_mb": round(input_mb, 1),
             "rss_mb_at_start": round(rss_start, 1),
@@ -224,8 +314,44 @@ def run_bench(
         }
         if dev.type == "cuda":
             result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+        if compare_engines:
+            result["backends"] = compare_backends(seg, clock=clock)
         if compare_lungmask:
-            lm = time_lungmask(src, tmp / "lungmask.nii.gz", dev)
-            result["lungmask"] = lm
-            result["speedup_vs_lungmask"] = round(lm["pipeline_seconds"] / pipe_s, 2)
+            lm = time_lungmask(src, tmp / "lungmask.nii.gz", dev, clock=clock)
+            lm_s, lm_slices = lm.pop("seconds"), lm.pop("slices")
+            result["lungmask"] = {**lm, **pipeline_figures(lm_s, lm_slices)}
+            result["speedup_vs_lungmask"] = round(lm_s / pipe_s, 2)
     return result
+
+
+def summary(result: dict) -> str:
+    """A few human-readable lines for a :func:`run_bench` result: the CPU, the settings, the figures."""
+    from .hardware import describe_cpu
+
+    settings = [
+        f"device {result['device']}" + (f" ({result['gpu']})" if result.get("gpu") else ""),
+        *(f"{key} {result[key]}" for key in ("precision", "backend") if key in result),
+        f"{result['threads']} threads",
+        f"{result['input_size']} px",
+        f"batch {result['batch_size']}",
+    ]
+    lines = [
+        f"CPU: {describe_cpu(result['cpu'])}",
+        "settings: " + ", ".join(settings),
+        f"network: {result['network_seconds_per_slice']} s/slice ({result['network_slices_per_second']} slices/s)",
+        f"pipeline: {result['pipeline_seconds']} s for {result['pipeline_slices']} slices "
+        f"({result['pipeline_seconds_per_slice']} s/slice), peak {result['peak_rss_mb_above_input']} MB above input",
+    ]
+    if "backends" in result:
+        be = result["backends"]
+        lines.append(
+            f"network, side by side: torch {be['torch_seconds_per_slice']} s/slice, onnxruntime "
+            f"{be['onnxruntime_seconds_per_slice']} s/slice ({be['onnxruntime_speedup']}x)"
+        )
+    if "lungmask" in result:
+        lm = result["lungmask"]
+        lines.append(
+            f"lungmask: {lm['pipeline_seconds']} s ({lm['pipeline_seconds_per_slice']} s/slice); "
+            f"ours is {result['speedup_vs_lungmask']}x faster"
+        )
+    return "\n".join(lines)

@@ -27,6 +27,23 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="network arithmetic: auto = bf16 on CUDA and on CPUs with bf16 matrix units (amx_bf16, "
+        "avx512_bf16), fp32 elsewhere; bf16 on other CPUs works but is several times slower",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="engine for the network: auto = ONNX Runtime when it is installed (pip install "
+        "'fusionlungseg[onnx]') and measured faster on this machine (CPU, fp32), else torch",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionlungseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the network on every slice (default: skip slices far from any lung-sized air, e.g. pelvis, head)",
     )
     _add_device(s)
+    _add_precision(s)
 
     t = sub.add_parser("train", help="train FusionLungNet on 2D CT slices with lung masks")
     t.add_argument("--data", help="Kaggle 'finding-lungs' archive (.tar.gz) or folder (default: ../shared/data)")
@@ -164,8 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run lungmask's pipeline on the same volume and report the ratio (pip install lungmask)",
     )
+    b.add_argument(
+        "--compare-backends",
+        action="store_true",
+        help="also time the network alone in torch and in ONNX Runtime side by side (CPU, fp32)",
+    )
     b.add_argument("--json", help="write the figures here")
     _add_device(b)
+    _add_precision(b)
     return parser
 
 
@@ -187,6 +211,8 @@ def _cmd_segment(args) -> int:
         input_size=160 if args.fast else args.input_size,
         progress=not args.quiet,
         skip_slices=not args.no_skip,
+        precision=args.precision,
+        backend=args.backend,
     )
     result = seg.run(image)
     labels = result.labels
@@ -206,6 +232,8 @@ def _cmd_segment(args) -> int:
         "input_size": seg.input_size,
         "slices_skipped": result.qc["measures"].get("slices_skipped", 0),
         "qc": result.qc,
+        "precision": seg.precision,
+        "backend": seg.backend,
     }
     if dicom_written:
         report["dicom_seg"] = dicom_written
@@ -345,7 +373,13 @@ def _cmd_bench(args) -> int:
         input_path=args.input,
         compare_lungmask=args.compare_lungmask,
         threads=args.threads,
+        precision=args.precision,
+        backend=args.backend,
+        compare_engines=args.compare_backends,
     )
+    from .bench import summary
+
+    print(summary(result), file=sys.stderr)  # stdout carries the JSON alone
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

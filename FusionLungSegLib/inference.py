@@ -22,7 +22,9 @@ from torch import nn
 
 from .body import BODY_CROP, body_mask, crop_box, slices_that_may_hold_lung
 from .geometry import AxialReorientation
+from .hardware import resolve_precision
 from .model import FusionLungNet
+from .onnx_backend import OnnxRuntimeEngine, resolve_backend, weights_key
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess_with_report
 from .preprocess import HU_WINDOW, from_network, to_network
 from .terminology import LUNG_SEGMENTS
@@ -141,6 +143,13 @@ class LungSegmenter:
             weights were trained, from their metadata).
         skip_slices: skip the network on slices far from any lung-sized air inside the body
             (neck, abdomen, pelvis); see :func:`body.slices_that_may_hold_lung`.
+        precision: "auto" (bf16 on CUDA and on CPUs with bf16 matrix units, else fp32),
+            "fp32" or "bf16" (bf16 autocast around the forward pass; probabilities stay fp32).
+            bf16 on a CPU without bf16 units works but warns: it is several times slower.
+        backend: "auto" (on the CPU in fp32 with onnxruntime installed: whichever of torch and
+            ONNX Runtime runs the first batch faster, remembered per machine), "torch" or "onnxruntime"
+            (the ONNX graph is exported from the loaded weights at first use and cached; see
+            :mod:`FusionLungSegLib.onnx_backend`).
     """
 
     def __init__(
@@ -157,8 +166,14 @@ class LungSegmenter:
         threshold: float = 0.5,
         body_crop: bool | None = None,
         skip_slices: bool = True,
+        precision: str = "auto",
+        backend: str = "auto",
     ):
         self.device = resolve_device(device)
+        from_file = model is None
+        #: as asked ("auto", "fp32", "bf16") and as used ("fp32" or "bf16") on ``self.device``
+        self.precision_requested = precision
+        self.precision = resolve_precision(precision, self.device)
         meta: dict = {}
         if model is None:
             state, meta = load_weights(weights, sha256)
@@ -199,6 +214,12 @@ class LungSegmenter:
         crop = meta.get("body_crop") if body_crop is None else (BODY_CROP if body_crop else None)
         self.body_crop: dict | None = dict(crop) if crop else None
         self.skip_slices = skip_slices
+        #: "torch" or "onnxruntime"; "auto" until the first batch has been timed on both
+        self.backend = resolve_backend(backend, self.device, self.precision)
+        self._onnx = None
+        if self.backend != "torch":
+            key = weights_key(weights, sha256, None if from_file else self.model)
+            self._onnx = OnnxRuntimeEngine(self.model, key, self.input_size)
         #: seconds per stage of the last :meth:`segment` call: checks_and_reorient, slices
         #: (preprocess + network + back to the slice grid), postprocess
         self.last_timings: dict[str, float] = {}
@@ -208,14 +229,21 @@ class LungSegmenter:
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, S, S) network input -> (N, 1, S, S) probabilities on the model's device."""
+        if self._onnx is not None and self.device.type == "cpu":
+            if self.backend == "auto":  # first batch: time both engines on it, or reuse this machine's verdict
+                self.backend = self._onnx.choose(x, self._torch_logits)
+            if self.backend == "onnxruntime":
+                return torch.sigmoid(self._onnx.logits(x))
+        return torch.sigmoid(self._torch_logits(x).float())
+
+    def _torch_logits(self, x: torch.Tensor) -> torch.Tensor:
         cuda = self.device.type == "cuda"
         if cuda and x.device.type == "cpu":
             x = x.pin_memory()  # page-locked, so the copy below runs asynchronously (CUDA tensors cannot be pinned)
         x = x.to(self.device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out = self.model(x)
-        logits = out[0] if isinstance(out, (tuple, list)) else out
-        return torch.sigmoid(logits.float())
+        return out[0] if isinstance(out, (tuple, list)) else out
 
     def _forward_with_retry(self, x: torch.Tensor) -> torch.Tensor:
         """Run a batch; on CUDA out-of-memory halve the batch, and at batch 1 fall back to CPU."""
@@ -233,6 +261,7 @@ class LungSegmenter:
             warnings.warn("CUDA out of memory at batch size 1: continuing on the CPU", stacklevel=2)
             self.device = torch.device("cpu")
             self.model = self.model.cpu()
+            self.precision = resolve_precision(self.precision_requested, self.device)
             return self._forward(x)
 
     def crop_boxes(self, body: np.ndarray, spacing_yx) -> list:

@@ -7,13 +7,23 @@ application, in ``Slicer --no-main-window`` batch runs and with the
 
 Nothing in the scene changes until the network and post-processing have
 finished: a failed or cancelled run leaves the scene as it was.
+
+A run has three parts: :meth:`LungSegmentationLogic.prepare` (main thread:
+checks, and copies the voxels out of the scene), :meth:`~LungSegmentationLogic.compute`
+(any thread: the model on that copy; it never touches the scene) and
+:meth:`~LungSegmentationLogic.apply` (main thread: writes the segments).
+``segment()`` runs the three in a row; :class:`SegmentationTask` runs compute in a
+worker thread so that a GUI stays responsive, and applies on the main thread.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import slicer
@@ -28,6 +38,9 @@ from .terminology import SEGMENTS
 
 __all__ = [
     "LungSegmentationLogic",
+    "SegmentationRequest",
+    "SegmentationComputed",
+    "SegmentationTask",
     "SEGMENTS",
     "volume_node_to_sitk",
     "sitk_to_volume_node",
@@ -137,12 +150,41 @@ class HeadlessSlicer:
         return self.logics["Volumes"]
 
 
+@dataclass
+class SegmentationRequest:
+    """What :meth:`LungSegmentationLogic.compute` needs, taken from the scene on the main thread.
+
+    The nodes are kept for :meth:`~LungSegmentationLogic.apply` only; compute reads
+    ``image`` (a copy of the volume's voxels, LPS geometry) and the segmenter options.
+    """
+
+    volume_node: Any
+    segmentation_node: Any
+    image: Any  # SimpleITK.Image
+    ijk_to_ras: np.ndarray
+    segmenter_options: dict
+    segmenter: LungSegmenter | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class SegmentationComputed:
+    """The result of :meth:`LungSegmentationLogic.compute`, not yet in the scene."""
+
+    request: SegmentationRequest
+    label_image: Any  # SimpleITK uint8 label map on the volume's grid: 0, 1 right lung, 2 left lung
+    output: Any  # whatever the segmenter's run() returned (e.g. QC figures), None when it has no run()
+    precision: str
+    device: str
+    seconds: float
+
+
 class LungSegmentationLogic:
     """Segment lungs of a ``vtkMRMLScalarVolumeNode`` into a ``vtkMRMLSegmentationNode``.
 
     ``scene`` defaults to ``slicer.mrmlScene`` (the application's scene).
-    Segmenters are cached per (weights, device, input size), so repeated runs
-    do not reload the model.
+    Segmenters are cached per (weights, device, input size, precision), so
+    repeated runs do not reload the model.
     """
 
     def __init__(self, scene=None):
@@ -150,15 +192,22 @@ class LungSegmentationLogic:
         if self.scene is None:
             raise ValueError("no MRML scene: pass one, e.g. LungSegmentationLogic(scene)")
         self._segmenters: dict[tuple, LungSegmenter] = {}
+        self._segmenters_lock = threading.Lock()  # compute() may run in a worker thread
         self.last_label_image = None  # SimpleITK label map of the last run (on the volume's grid)
+        self.last_result: SegmentationComputed | None = None  # everything compute() returned for it
         self.last_seconds = 0.0
 
     # ------------------------------------------------------------ model
-    def segmenter(self, weights=None, device: str = "auto", input_size: int | None = None) -> LungSegmenter:
-        key = (str(weights) if weights else None, device, input_size)
-        if key not in self._segmenters:
-            self._segmenters[key] = LungSegmenter(weights, device=device, input_size=input_size, progress=False)
-        return self._segmenters[key]
+    def segmenter(
+        self, weights=None, device: str = "auto", input_size: int | None = None, precision: str = "auto"
+    ) -> LungSegmenter:
+        key = (str(weights) if weights else None, device, input_size, precision)
+        with self._segmenters_lock:
+            if key not in self._segmenters:
+                self._segmenters[key] = LungSegmenter(
+                    weights, device=device, input_size=input_size, progress=False, precision=precision
+                )
+            return self._segmenters[key]
 
     # ------------------------------------------------------------ checks
     def validate_volume(self, volume_node) -> None:
@@ -182,6 +231,94 @@ class LungSegmentationLogic:
         check_hu_range(slicer.util.arrayFromVolume(volume_node))
 
     # ------------------------------------------------------------ run
+    def prepare(
+        self,
+        volume_node,
+        segmentation_node=None,
+        *,
+        device: str = "auto",
+        input_size: int | None = None,
+        weights=None,
+        precision: str = "auto",
+        segmenter: LungSegmenter | None = None,
+    ) -> SegmentationRequest:
+        """Main thread: check the nodes and copy what :meth:`compute` needs out of the scene."""
+        t0 = time.monotonic()
+        self.validate_volume(volume_node)
+        if segmentation_node is not None:
+            if not segmentation_node.IsA("vtkMRMLSegmentationNode"):
+                raise InvalidInputError(f"'{segmentation_node.GetName()}' is not a segmentation node")
+            if self.scene.GetNodeByID(segmentation_node.GetID()) is not segmentation_node:
+                raise InvalidInputError(f"'{segmentation_node.GetName()}' is not in this logic's scene")
+        return SegmentationRequest(
+            volume_node=volume_node,
+            segmentation_node=segmentation_node,
+            image=volume_node_to_sitk(volume_node),  # a copy: the scene may change while compute runs
+            ijk_to_ras=_ijk_to_ras(volume_node),
+            segmenter_options={"weights": weights, "device": device, "input_size": input_size, "precision": precision},
+            segmenter=segmenter,
+            started=t0,
+        )
+
+    def compute(
+        self,
+        request: SegmentationRequest,
+        progress: Callable[[float, str], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> SegmentationComputed:
+        """Any thread: load the model if needed and segment the copied image. Never touches the scene.
+
+        ``progress(fraction, message)`` is called between batches; ``cancel()``
+        returning True stops before the next batch and raises :class:`SegmentationCancelled`.
+        """
+        t0 = time.monotonic()
+        seg = request.segmenter
+        if seg is None:
+            if progress is not None:
+                progress(0.0, "loading the model")
+            seg = self.segmenter(**request.segmenter_options)
+        run = getattr(seg, "run", None)  # LungSegmenter.run returns a result object that holds the labels
+        if run is not None:
+            output = run(request.image, progress=progress, cancel=cancel)
+            labels = output.labels
+        else:
+            output = None
+            labels = seg.segment(request.image, progress=progress, cancel=cancel)
+        if cancel is not None and cancel():
+            raise SegmentationCancelled("cancelled before writing the segmentation")
+        return SegmentationComputed(
+            request=request,
+            label_image=labels,
+            output=output,
+            precision=seg.precision,
+            device=str(seg.device),
+            seconds=time.monotonic() - t0,
+        )
+
+    def apply(self, computed: SegmentationComputed):
+        """Main thread: write "right lung" and "left lung" into the scene; returns the segmentation node.
+
+        Raises :class:`InvalidInputError` (scene unchanged) when the input volume or the
+        chosen segmentation was removed from the scene while :meth:`compute` ran.
+        """
+        import SimpleITK as sitk
+
+        request = computed.request
+        volume_node, segmentation_node = request.volume_node, request.segmentation_node
+        if self.scene.GetNodeByID(volume_node.GetID() or "") is not volume_node:
+            raise InvalidInputError(f"the input volume '{volume_node.GetName()}' was removed from the scene")
+        if segmentation_node is not None and self.scene.GetNodeByID(segmentation_node.GetID() or "") is not (
+            segmentation_node
+        ):
+            raise InvalidInputError(f"the segmentation '{segmentation_node.GetName()}' was removed from the scene")
+        labels = sitk.GetArrayFromImage(computed.label_image)
+        segments = self._build_segments(request.ijk_to_ras, labels)
+        node = self._write(volume_node, segmentation_node, segments)
+        self.last_label_image = computed.label_image
+        self.last_result = computed
+        self.last_seconds = time.monotonic() - request.started
+        return node
+
     def segment(
         self,
         volume_node,
@@ -190,55 +327,52 @@ class LungSegmentationLogic:
         device: str = "auto",
         input_size: int | None = None,
         weights=None,
+        precision: str = "auto",
         progress: Callable[[float, str], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         segmenter: LungSegmenter | None = None,
     ):
-        """Segment the lungs; returns the segmentation node (new, or ``segmentation_node``).
+        """Segment the lungs synchronously (:meth:`prepare`, :meth:`compute`, :meth:`apply`);
+        returns the segmentation node (new, or ``segmentation_node``).
 
         ``progress(fraction, message)`` is called as slices are processed;
         ``cancel()`` returning True stops within one batch and raises
         :class:`SegmentationCancelled`.  The input volume is never modified;
         in a given segmentation node only the segments "right_lung" and
-        "left_lung" are replaced.  ``input_size`` None uses the model's own size.
+        "left_lung" are replaced.  ``input_size`` None uses the model's own size;
+        ``precision`` is "auto", "fp32" or "bf16" (see :class:`LungSegmenter`).
+        For a run that keeps a GUI responsive see :class:`SegmentationTask`.
         """
-        t0 = time.monotonic()
-        self.validate_volume(volume_node)
-        if segmentation_node is not None:
-            if not segmentation_node.IsA("vtkMRMLSegmentationNode"):
-                raise InvalidInputError(f"'{segmentation_node.GetName()}' is not a segmentation node")
-            if self.scene.GetNodeByID(segmentation_node.GetID()) is not segmentation_node:
-                raise InvalidInputError(f"'{segmentation_node.GetName()}' is not in this logic's scene")
-        seg = segmenter or self.segmenter(weights, device, input_size)
-        image = volume_node_to_sitk(volume_node)
-        labels_image = seg.segment(image, progress=progress, cancel=cancel)
-        if cancel is not None and cancel():
-            raise SegmentationCancelled("cancelled before writing the segmentation")
-        import SimpleITK as sitk
-
-        labels = sitk.GetArrayFromImage(labels_image)
-        segments = self._build_segments(volume_node, labels)
-        node = self._write(volume_node, segmentation_node, segments)
-        self.last_label_image = labels_image
-        self.last_seconds = time.monotonic() - t0
+        request = self.prepare(
+            volume_node,
+            segmentation_node,
+            device=device,
+            input_size=input_size,
+            weights=weights,
+            precision=precision,
+            segmenter=segmenter,
+        )
+        node = self.apply(self.compute(request, progress=progress, cancel=cancel))
         if progress is not None:
             progress(1.0, f"done in {self.last_seconds:.1f} s")
         return node
 
-    def _build_segments(self, volume_node, labels: np.ndarray) -> list:
+    def _build_segments(self, ijk_to_ras: np.ndarray, labels: np.ndarray) -> list:
         """One vtkSegment per lung, binary labelmap on the volume's IJK grid (not yet in the scene)."""
         import vtk
         from vtk.util import numpy_support
 
-        ijk_to_ras = vtk.vtkMatrix4x4()
-        volume_node.GetIJKToRASMatrix(ijk_to_ras)
+        matrix = vtk.vtkMatrix4x4()
+        for r in range(4):
+            for c in range(4):
+                matrix.SetElement(r, c, float(ijk_to_ras[r, c]))
         k, j, i = labels.shape
         out = []
         for value, (segment_id, name, terminology, colour) in SEGMENTS.items():
             image = slicer.vtkOrientedImageData()
             image.SetDimensions(i, j, k)
             image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-            image.SetImageToWorldMatrix(ijk_to_ras)
+            image.SetImageToWorldMatrix(matrix)
             view = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k, j, i)
             view[:] = labels == value
             segment = slicer.vtkSegment()
@@ -318,6 +452,91 @@ class LungSegmentationLogic:
     def show_3d(segmentation_node) -> None:
         """Create the closed-surface representation so the lungs show in the 3D view."""
         segmentation_node.CreateClosedSurfaceRepresentation()
+
+
+#: Processing states of a :class:`SegmentationTask` (and of the panel that shows it).
+IDLE, RUNNING, CANCELLING, DONE, FAILED = "idle", "running", "cancelling", "done", "failed"
+
+
+class SegmentationTask:
+    """Runs :meth:`LungSegmentationLogic.compute` in a worker thread; the main thread polls and applies.
+
+    No Qt here: a GUI polls :attr:`fraction`, :attr:`message` and :attr:`finished`
+    (e.g. from a timer), may call :meth:`cancel` at any time, and calls
+    :meth:`finish` on the main thread once :attr:`finished` is True; that writes
+    the segments (or raises the worker's error, or :class:`SegmentationCancelled`
+    with the scene unchanged).  States: idle -> running [-> cancelling] -> done, failed,
+    or idle again after a cancelled run.
+    """
+
+    def __init__(self, logic: LungSegmentationLogic, request: SegmentationRequest):
+        self.logic, self.request = logic, request
+        self.state = IDLE
+        self.fraction, self.message = 0.0, ""
+        self.computed: SegmentationComputed | None = None
+        self.error: BaseException | None = None
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SegmentationTask:
+        if self._thread is not None:
+            raise RuntimeError("this task was already started")
+        self.state, self.message = RUNNING, "starting"
+        self._thread = threading.Thread(target=self._work, name="FusionLungSeg compute", daemon=True)
+        self._thread.start()
+        return self
+
+    def _progress(self, fraction: float, message: str) -> None:  # worker thread: plain attributes only
+        self.fraction, self.message = float(fraction), message
+
+    def _work(self) -> None:
+        try:
+            self.computed = self.logic.compute(self.request, progress=self._progress, cancel=self._cancel.is_set)
+        except BaseException as exc:  # handed to the main thread by finish()
+            self.error = exc
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Ask the worker to stop before its next batch (thread-safe; returns at once)."""
+        self._cancel.set()
+        if self.state == RUNNING:
+            self.state = CANCELLING
+
+    @property
+    def finished(self) -> bool:
+        """True once the worker has returned (then call :meth:`finish`)."""
+        return self._thread is not None and not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker returns (or ``timeout`` seconds); True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.finished
+
+    def finish(self):
+        """Main thread, after :attr:`finished`: apply the result; returns the segmentation node."""
+        if not self.finished:
+            raise RuntimeError("the computation has not finished (poll .finished or call wait())")
+        try:
+            if isinstance(self.error, SegmentationCancelled):
+                raise self.error
+            if self._cancel.is_set():  # asked after the last batch: still nothing is written
+                raise SegmentationCancelled("cancelled before writing the segmentation")
+            if self.error is not None:
+                raise self.error
+            node = self.logic.apply(self.computed)
+        except SegmentationCancelled:
+            self.state, self.message = IDLE, "cancelled; the scene was not changed"
+            raise
+        except BaseException as exc:
+            self.state, self.message = FAILED, f"{type(exc).__name__}: {exc}"
+            raise
+        self.state, self.fraction = DONE, 1.0
+        self.message = f"done in {self.logic.last_seconds:.1f} s"
+        return node
 
 
 def _labelmap_volume_ml(image, label_value: int) -> float:

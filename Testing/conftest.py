@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FUSIONLUNGSEG_DATA", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Tests run torch unless they ask for another engine (so labels compare exactly across processes), and
+# exported ONNX graphs and backend verdicts go to a throw-away folder, never the user's cache.
+os.environ.setdefault("FUSIONLUNGSEG_BACKEND", "torch")
+if "FUSIONLUNGSEG_CACHE" not in os.environ:
+    os.environ["FUSIONLUNGSEG_CACHE"] = tempfile.mkdtemp(prefix="fusionlungseg-cache-")
+    atexit.register(shutil.rmtree, os.environ["FUSIONLUNGSEG_CACHE"], ignore_errors=True)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -13,3 +13,14 @@ class SlicerSession(HeadlessSlicer):
     @property
     def volumes(self):
         return self.volumes_logic
+
+
+_SHARED: list[SlicerSession] = []
+
+
+def shared_session() -> SlicerSession:
+    """One wired scene per process: the segmentations logic registers its converter rules in a
+    process-wide singleton, so making a second one would register them twice."""
+    if not _SHARED:
+        _SHARED.append(SlicerSession())
+    return _SHARED[0]

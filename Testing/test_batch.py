@@ -41,6 +41,8 @@ def test_batch_over_files_and_dicom_folder_with_one_bad_case(tmp_path, random_we
             str(random_weights),
             "--input-size",
             "64",
+            "--precision",
+            "fp32",
             "--nifti",
         ],
         tmp_path,

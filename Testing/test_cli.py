@@ -86,7 +86,9 @@ def test_bench_prints_and_writes_figures(random_weights, tmp_path, capsys):
     for key in ("network_seconds_per_slice", "pipeline_seconds_per_300_slices", "peak_rss_mb", "torch", "threads"):
         assert key in result, key
     assert result["pipeline_slices"] == 3 and result["network_seconds_per_slice"] > 0
-    assert json.loads(capsys.readouterr().out) == result
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == result
+    assert printed.err.startswith(f"CPU: {result['cpu']['name']}")
 
 
 def test_bench_side_by_side_with_lungmask_on_a_real_file(random_weights, tmp_path, capsys):
@@ -99,11 +101,12 @@ def test_bench_side_by_side_with_lungmask_on_a_real_file(random_weights, tmp_pat
     args = ["bench", "--device", "cpu", "--input-size", "64", "--input", str(ct), "--weights", str(random_weights)]
     assert main([*args, "--compare-lungmask", "--threads", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
+    # The report's shape only: the arithmetic is tested on a fake clock in test_bench.py, and no
+    # assertion here may depend on how fast this machine runs either pipeline.
     assert result["input"] == str(ct) and result["pipeline_slices"] == 2 and result["threads"] == 2
-    assert result["lungmask"]["pipeline_seconds"] > 0
-    assert result["speedup_vs_lungmask"] == pytest.approx(
-        result["lungmask"]["pipeline_seconds"] / result["pipeline_seconds"], rel=0.02
-    )
+    lm = result["lungmask"]
+    assert set(lm) >= {"version", "weights", "batch_size", "pipeline_seconds", "pipeline_seconds_per_slice"}
+    assert lm["pipeline_seconds"] >= 0 and isinstance(result["speedup_vs_lungmask"], float)
     assert set(result["pipeline_stages_seconds"]) == {"read", "checks_and_reorient", "slices", "postprocess", "write"}
     assert result["input_volume_mb"] == pytest.approx(2 * 512 * 512 * 2 / 2**20, rel=0.01)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import SAMPLE_DICOM, ThresholdNet, make_phantom, rotation
-from mrml_fixtures import SlicerSession, slicer
+from mrml_fixtures import shared_session, slicer
 
 from FusionLungSegLib.geometry import voxel_centres_lps
 from FusionLungSegLib.inference import LungSegmenter
@@ -15,7 +15,7 @@ from FusionLungSegLib.mrml import SEGMENTS, LungSegmentationLogic, SegmentationC
 
 @pytest.fixture(scope="session")
 def session():
-    return SlicerSession()
+    return shared_session()
 
 
 @pytest.fixture

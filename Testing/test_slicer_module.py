@@ -29,6 +29,7 @@ def test_panel_has_the_documented_controls():
         "inputVolumeSelector",
         "outputSegmentationSelector",
         "deviceComboBox",
+        "precisionComboBox",
         "fastModeCheckBox",
         "applyButton",
         "cancelButton",

@@ -2,7 +2,7 @@
 
 In 3D Slicer (no window):
     Slicer --no-main-window --python-script Resources/Scripts/FusionLungSegBatch.py \\
-        --input scans/ --output results/ [--device cpu] [--fast] [--nifti]
+        --input scans/ --output results/ [--device cpu] [--precision auto|fp32|bf16] [--fast] [--nifti]
 In plain Python with the slicer-core wheel (pip install slicer-core):
     python Resources/Scripts/FusionLungSegBatch.py --input scans/ --output results/
 
@@ -91,6 +91,12 @@ def parse_args(argv):
     p.add_argument("--input", required=True, help="scan file, DICOM folder, or folder of scans")
     p.add_argument("--output", required=True, help="folder for <name>.seg.nrrd files and report.csv")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 on CUDA and on CPUs with bf16 matrix units (amx_bf16, avx512_bf16), else fp32",
+    )
     p.add_argument("--fast", action="store_true", help="160 px network input (the bundled model runs at 160 px anyway)")
     p.add_argument("--input-size", type=int, help="network input in pixels (default: the model's own)")
     p.add_argument("--weights", help="weights file (default: bundled)")
@@ -137,7 +143,13 @@ def run(argv=None) -> int:
             try:
                 volume = load_volume(case, scene, volumes_logic)
                 added.append(volume)
-                seg = logic.segment(volume, device=args.device, input_size=input_size, weights=args.weights)
+                seg = logic.segment(
+                    volume,
+                    device=args.device,
+                    input_size=input_size,
+                    weights=args.weights,
+                    precision=args.precision,
+                )
                 added.append(seg)
                 save_segmentation(seg, out_dir / f"{name}.seg.nrrd")
                 if args.nifti:
