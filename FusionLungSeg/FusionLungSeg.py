@@ -154,6 +154,11 @@ class FusionLungSegLogic(ScriptedLoadableModuleLogic):
     def last_seconds(self):
         return self._impl.last_seconds
 
+    @property
+    def last_qc(self):
+        """QC verdict of the last run: {"ok", "flags", "notes", "measures"}."""
+        return self._impl.last_qc
+
     def lung_volumes_ml(self, segmentation_node):
         return self._impl.lung_volumes_ml(segmentation_node)
 
@@ -308,6 +313,7 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setState(FAILED, "Missing Python packages: " + ", ".join(missing_packages()))
             return
         self.ui.volumesTableWidget.setRowCount(0)
+        self.showQC(None)
         p = self._parameterNode
         try:  # checks the nodes and copies the CT here; the model loads and runs in the worker thread
             self._task = self.logic.start(
@@ -351,12 +357,24 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is not None and self._parameterNode.GetParameter("Show3D") == "true":
             self.logic.show_3d(seg)
         self.showVolumes(seg)
+        self.showQC(self.logic.last_qc)
         self.setState(DONE, f"Done in {self.logic.last_seconds:.1f} s.")
 
     def onFailed(self, exc):
         logging.error("Lung segmentation failed", exc_info=exc)
         self.setState(FAILED, f"Failed: {exc}")
         slicer.util.errorDisplay(f"Lung segmentation failed: {exc}")
+
+    def showQC(self, qc):
+        """The QC verdict beside the volumes: flags in a warning colour, notes below them."""
+        label = self.ui.qcLabel
+        if not qc:
+            label.text = ""
+            return
+        lines = [f"<b>Check this result:</b> {flag}" for flag in qc["flags"]] or ["Quality check: no warnings."]
+        colour = "#b35900" if qc["flags"] else "#2e7d32"
+        notes = "".join(f"<br><span style='color:#666'>{note}</span>" for note in qc["notes"])
+        label.text = f"<span style='color:{colour}'>" + "<br>".join(lines) + "</span>" + notes
 
     def showVolumes(self, segmentationNode):
         volumes = self.logic.lung_volumes_ml(segmentationNode)

@@ -314,6 +314,11 @@ class LungSegmentationLogic:
         labels = sitk.GetArrayFromImage(computed.label_image)
         segments = self._build_segments(request.ijk_to_ras, labels)
         node = self._write(volume_node, segmentation_node, segments)
+        qc = getattr(computed.output, "qc", None)
+        if qc is not None:  # kept with the node, so a saved scene still says what QC found
+            import json
+
+            node.SetAttribute("FusionLungSeg.QC", json.dumps(qc))
         self.last_label_image = computed.label_image
         self.last_result = computed
         self.last_seconds = time.monotonic() - request.started
@@ -432,6 +437,19 @@ class LungSegmentationLogic:
         return segmentation_node
 
     # ------------------------------------------------------------ results
+    @property
+    def last_qc(self) -> dict | None:
+        """QC verdict of the last run: ``{"ok", "flags", "notes", "measures"}`` (see ``FusionLungSegLib.qc``)."""
+        return getattr(self.last_result.output, "qc", None) if self.last_result is not None else None
+
+    @staticmethod
+    def qc_of(segmentation_node) -> dict | None:
+        """The QC verdict stored on a segmentation node by :meth:`apply`, or None."""
+        import json
+
+        text = segmentation_node.GetAttribute("FusionLungSeg.QC") if segmentation_node is not None else None
+        return json.loads(text) if text else None
+
     @staticmethod
     def lung_volumes_ml(segmentation_node) -> dict[str, float]:
         """Volume of "right lung" and "left lung" (and their sum, "lungs") in mL."""

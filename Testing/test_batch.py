@@ -54,7 +54,9 @@ def test_batch_over_files_and_dicom_folder_with_one_bad_case(tmp_path, random_we
     for ok in ("phantom", "sample_dicom"):
         assert rows[ok]["status"] == "ok", rows[ok]
         assert float(rows[ok]["seconds"]) >= 0 and rows[ok]["right_lung_ml"] != ""
+        assert rows[ok]["qc_ok"] in ("yes", "no")
         assert (out / f"{ok}.seg.nrrd").is_file() and (out / f"{ok}.nii.gz").is_file()
+    assert rows["sample_dicom"]["qc_ok"] == "no" and rows["sample_dicom"]["qc_flags"]  # two slices: never ok
     labels = sitk.ReadImage(str(out / "phantom.nii.gz"))
     assert labels.GetSize() == img.GetSize() and np.allclose(labels.GetDirection(), img.GetDirection())
     assert np.allclose(labels.GetOrigin(), img.GetOrigin(), atol=1e-4)

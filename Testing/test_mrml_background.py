@@ -212,18 +212,10 @@ def test_finish_before_the_worker_returns_is_refused(logic, volume):
 
 
 def test_the_computed_result_keeps_what_the_segmenters_run_returns(logic, volume):
-    """A segmenter with run(image, progress, cancel) -> result with .labels (and e.g. QC figures):
+    """LungSegmenter.run(image, progress, cancel) returns labels with the QC verdict:
     compute keeps the whole result, apply writes its labels."""
-
-    class Result:
-        def __init__(self, labels):
-            self.labels, self.qc = labels, {"verdict": "ok"}
-
-    class RunSegmenter(GatedSegmenter):
-        def run(self, image, progress=None, cancel=None):
-            return Result(self.segment(image, progress=progress, cancel=cancel))
-
-    computed = logic.compute(logic.prepare(volume, segmenter=RunSegmenter()))
-    assert computed.output.qc == {"verdict": "ok"} and computed.label_image is computed.output.labels
+    computed = logic.compute(logic.prepare(volume, segmenter=GatedSegmenter()))
+    assert set(computed.output.qc) == {"ok", "flags", "notes", "measures"}
+    assert computed.label_image is computed.output.labels
     node = logic.apply(computed)
     assert logic.last_result is computed and node.GetSegmentation().GetNumberOfSegments() == 2

@@ -147,6 +147,8 @@ def test_real_ct_slices_from_the_sample(session, scene, logic, random_weights):
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
     back = volume_node_to_sitk(node)
     assert back.GetSize() == image.GetSize()
+    qc = logic.last_qc  # the QC verdict, also stored on the node so a saved scene keeps it
+    assert set(qc) == {"ok", "flags", "notes", "measures"} and logic.qc_of(seg) == qc
 
 
 def test_existing_segmentation_keeps_other_segments_and_only_ours_are_replaced(

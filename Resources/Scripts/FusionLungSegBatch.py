@@ -9,7 +9,8 @@ In plain Python with the slicer-core wheel (pip install slicer-core):
 INPUT is one scan (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series folder, or a folder of such
 scans and DICOM subfolders.  For each scan it writes OUTPUT/<name>.seg.nrrd (segments "right lung"
 and "left lung"), optionally OUTPUT/<name>.nii.gz (labels 0/1/2), and appends a row to
-OUTPUT/report.csv: case, status, right/left lung volume (mL), seconds, error.  A failing scan does
+OUTPUT/report.csv: case, status, right/left lung volume (mL), QC verdict (qc_ok yes/no and the
+flags, see the README), seconds, error.  A failing scan does
 not stop the batch; the exit code is 1 when any scan failed, 2 for bad arguments.
 """
 
@@ -128,7 +129,7 @@ def run(argv=None) -> int:
         return 1
     logic = LungSegmentationLogic(scene)
     input_size = 160 if args.fast else args.input_size
-    fields = ["case", "status", "right_lung_ml", "left_lung_ml", "seconds", "error"]
+    fields = ["case", "status", "right_lung_ml", "left_lung_ml", "qc_ok", "qc_flags", "seconds", "error"]
     new_report = not report.exists()
     failures = 0
     with open(report, "a", newline="") as f:
@@ -157,6 +158,9 @@ def run(argv=None) -> int:
                 volumes = logic.lung_volumes_ml(seg)
                 row["right_lung_ml"] = f"{volumes.get('right lung', 0.0):.1f}"
                 row["left_lung_ml"] = f"{volumes.get('left lung', 0.0):.1f}"
+                qc = logic.last_qc or {}
+                row["qc_ok"] = {True: "yes", False: "no"}.get(qc.get("ok"), "")
+                row["qc_flags"] = " | ".join(qc.get("flags", []))
             except Exception as exc:  # one bad scan must not stop the batch
                 failures += 1
                 row["status"] = "failed"
