@@ -164,6 +164,13 @@ def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) ->
     }
 
 
+def _skipped(seg) -> int | None:
+    """Slices the last run did not send through the network (lung-free by HU and body), if known."""
+    result = getattr(seg, "last_result", None)
+    qc = getattr(result, "qc", None) or {}
+    return qc.get("measures", {}).get("slices_skipped")
+
+
 def _dist_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -298,6 +305,7 @@ def run_bench(
             "network_seconds_per_slice": round(net_s, 4),
             "network_slices_per_second": round(1.0 / net_s, 2),
             "pipeline_slices": n,
+            "pipeline_slices_skipped": _skipped(seg),
             **pipeline_figures(pipe_s, n),
             "pipeline_seconds_per_300_slices": round(pipe_s / n * 300, 1),
             "pipeline_stages_seconds": {

@@ -220,8 +220,8 @@ class LungSegmenter:
         if self.backend != "torch":
             key = weights_key(weights, sha256, None if from_file else self.model)
             self._onnx = OnnxRuntimeEngine(self.model, key, self.input_size)
-        #: seconds per stage of the last :meth:`segment` call: checks_and_reorient, slices
-        #: (preprocess + network + back to the slice grid), postprocess
+        #: seconds per stage of the last :meth:`run`: checks_and_reorient, body_mask_and_skip, slices
+        #: (crop + preprocess + network + back to the slice grid), postprocess_and_qc
         self.last_timings: dict[str, float] = {}
         self.last_result: SegmentationResult | None = None
 
@@ -360,6 +360,7 @@ class LungSegmenter:
             if progress is not None:
                 progress(0.95 * fraction, message)
 
+        t_body = clock()
         body = body_mask(hu, reo.spacing_zyx)
         only = slices_that_may_hold_lung(hu, body, reo.spacing_zyx) if self.skip_slices else None
         t1 = clock()
@@ -377,7 +378,12 @@ class LungSegmenter:
         qc["measures"]["slices_skipped"] = 0 if only is None else int(np.count_nonzero(~only))
         out = sitk.GetImageFromArray(np.ascontiguousarray(reo.from_canonical(labels)))
         out.CopyInformation(image)
-        self.last_timings = {"checks_and_reorient": t1 - t0, "slices": t2 - t1, "postprocess": clock() - t2}
+        self.last_timings = {
+            "checks_and_reorient": t_body - t0,
+            "body_mask_and_skip": t1 - t_body,
+            "slices": t2 - t1,
+            "postprocess_and_qc": clock() - t2,
+        }
         if progress is not None:
             progress(1.0, "done")
         return SegmentationResult(out, qc)

@@ -107,7 +107,8 @@ def test_bench_side_by_side_with_lungmask_on_a_real_file(random_weights, tmp_pat
     lm = result["lungmask"]
     assert set(lm) >= {"version", "weights", "batch_size", "pipeline_seconds", "pipeline_seconds_per_slice"}
     assert lm["pipeline_seconds"] >= 0 and isinstance(result["speedup_vs_lungmask"], float)
-    assert set(result["pipeline_stages_seconds"]) == {"read", "checks_and_reorient", "slices", "postprocess", "write"}
+    stages = {"read", "checks_and_reorient", "body_mask_and_skip", "slices", "postprocess_and_qc", "write"}
+    assert set(result["pipeline_stages_seconds"]) == stages
     assert result["input_volume_mb"] == pytest.approx(2 * 512 * 512 * 2 / 2**20, rel=0.01)
 
 
