@@ -116,7 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, help="use only the first N slices (smoke runs)")
     t.add_argument("--time-limit", type=float, help="stop after the epoch that passes this many minutes")
     t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    t.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 autocast on CUDA and on CPUs with bf16 matrix units (AMX, AVX-512 BF16), else fp32; "
+        "weights, optimizer and loss stay fp32",
+    )
+    t.add_argument("--no-amp", action="store_true", help="same as --precision fp32")
     t.add_argument(
         "--lung-free-fraction",
         type=float,
@@ -287,6 +294,7 @@ def _cmd_train(args) -> int:
         seed=args.seed,
         device=args.device,
         amp=not args.no_amp,
+        precision=args.precision,
         threads=args.threads,
         encoder_weights=args.encoder_weights,
         resume=args.resume,

@@ -43,7 +43,8 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA only
+    amp: bool = True  # False forces fp32 (older option; see precision)
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with bf16 matrix units), fp32 or bf16
     threads: int | None = None
     encoder_weights: str | None = None
     resume: bool = False
@@ -227,7 +228,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed from {last_path} at epoch {start_epoch} (best IoU {best_iou:.4f})")
 
-    use_amp = cfg.amp and device.type == "cuda"
+    from .hardware import cpu_info, resolve_precision
+
+    precision = resolve_precision(cfg.precision if cfg.amp else "fp32", device)
+    use_amp = precision == "bf16"  # bf16 autocast; weights, optimizer and loss stay fp32
+    cpu = cpu_info()
+    machine = {
+        "precision": precision,
+        "device": str(device),
+        "cpu": cpu["name"],
+        "cpu_isa": cpu["isa"],
+        "cpu_bf16_flags": cpu["bf16_flags"],
+    }
+    print(f"training in {precision} on {device} ({cpu.get('name')})", flush=True)
     sizes = [cfg.input_size]
     if cfg.min_input_size:
         sizes = list(range(cfg.min_input_size, cfg.input_size + 1, 32)) or [cfg.input_size]
@@ -286,6 +299,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             metrics["lung_free_fraction"] = _false_lung_fraction(judged, free_val, size, device, window)
         row = {
             "epoch": epoch + 1,
+            "precision": precision,
             "train_loss": train_loss,
             "lr": lr,
             **{f"val_{k}": v for k, v in metrics.items()},
@@ -307,6 +321,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             "validation": val_set.names,
             "lung_free_train": free_set.names,
             "ema": ema.model.state_dict() if ema is not None else None,
+            "machine": machine,
         }
         _atomic_save(state, last_path)
         if improved:
@@ -380,6 +395,7 @@ def export_weights(checkpoint: str | Path, out_path: str | Path, extra_meta: dic
         "body_crop": dict(BODY_CROP) if cfg.get("body_crop", False) else None,
         "lung_free_training_slices": list(state.get("lung_free_train", [])),
         "weights_averaged": bool(state.get("ema")),
+        "trained_on": state.get("machine"),
         **(extra_meta or {}),
     }
     weights = state.get("ema") or state["model"]

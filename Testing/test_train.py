@@ -141,3 +141,37 @@ def test_lung_free_slices_join_every_batch_with_an_empty_target(tmp_path):
     assert 0.0 <= result["history"][0]["val_lung_free_fraction"] <= 1.0
     split = json.loads((tmp_path / "split.json").read_text())
     assert len(split["lung_free_train"]) == 21 and len(split["lung_free_held_out"]) == 41
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_step_lowers_the_loss_on_a_tiny_batch(precision):
+    """bf16 autocast with fp32 master weights and fp32 loss trains like fp32 (on any CPU; slow without AMX)."""
+    from FusionLungSegLib.losses import DeepSupervisionLoss, HybridLoss
+    from FusionLungSegLib.model import FusionLungNet
+
+    torch.manual_seed(0)
+    model = FusionLungNet()
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    y = (((yy - 32) ** 2 + (xx - 24) ** 2) < 200).float()[None, None].repeat(2, 1, 1, 1)
+    y[1] = torch.flip(y[1], [-1])
+    x = 0.2 + 0.6 * y + 0.05 * torch.rand(2, 1, 64, 64)  # a bright disc to find
+    criterion = DeepSupervisionLoss(HybridLoss())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            outputs = model(x)
+        loss = criterion([o.float() for o in outputs], y)
+        assert loss.dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0], losses
+
+
+def test_precision_and_cpu_are_logged_and_recorded(run):
+    cfg, result = run
+    state = torch.load(result["last"], weights_only=True)
+    assert state["machine"]["precision"] == "fp32" and state["machine"]["cpu"]
+    assert result["history"][-1]["precision"] == "fp32"
