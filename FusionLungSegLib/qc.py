@@ -90,11 +90,13 @@ def quality_check(
         # 3. Total volume against the body.
         if total > lim["max_total_ml"]:
             flags.append(f"The total lung volume ({total:.0f} mL) is more than any adult's lungs hold.")
+        cut = area_mm2[0] >= lim["cut_off_mm2"] or area_mm2[-1] >= lim["cut_off_mm2"]
         if body is not None:
             body_ml = float(np.count_nonzero(body[lung_slices[0] : lung_slices[-1] + 1])) * voxel_ml
             ratio = total / body_ml if body_ml else float("inf")
             measures["lung_to_body"] = round(ratio, 3)
-            if not lim["min_lung_to_body"] <= ratio <= lim["max_lung_to_body"]:
+            # Only for whole lungs: a scan that holds just the bases or the apices has a small ratio.
+            if not cut and not lim["min_lung_to_body"] <= ratio <= lim["max_lung_to_body"]:
                 flags.append(
                     f"The lungs fill {ratio:.0%} of the body over the slices that hold them, outside the "
                     f"usual {lim['min_lung_to_body']:.0%}-{lim['max_lung_to_body']:.0%}: the volume is implausible "

@@ -72,7 +72,9 @@ def test_a_lung_under_a_tenth_of_the_other_is_flagged():
 def test_implausible_volume_for_the_body_is_flagged():
     p = chest()
     labels = _labels(p)
-    labels[p.parts["body"] & ~(labels > 0)] = RIGHT_LUNG  # the whole body called lung
+    body = p.parts["body"].copy()
+    body[[0, -1]] = False  # the whole body called lung, but not on the end slices (that would be "cut off")
+    labels[body & ~(labels > 0)] = RIGHT_LUNG
     qc = _verdict(p, labels)
     assert any("implausible for this body size" in f for f in qc["flags"])
     tiny = np.zeros_like(labels)
@@ -107,3 +109,12 @@ def test_no_lung_at_all_is_flagged():
     p = chest()
     qc = _verdict(p, np.zeros(p.hu.shape, np.uint8))
     assert not qc["ok"] and "No lung was found" in qc["flags"][0]
+
+
+def test_lungs_cut_off_are_not_also_called_implausible():
+    p = chest(slices=30)
+    labels = _labels(p)
+    first_lung = int(np.flatnonzero(labels.any(axis=(1, 2)))[0])
+    part = slice(0, first_lung + 2)  # the scan ends just above the lung bases: small, and not implausible
+    qc = quality_check(labels[part], p.spacing_zyx, body_mask(p.hu[part], p.spacing_zyx))
+    assert any("cut off" in f for f in qc["flags"]) and not any("implausible" in f for f in qc["flags"])
