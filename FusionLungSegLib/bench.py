@@ -232,30 +232,22 @@ def run_bench(
             src = Path(input_path)
             source = str(src)
         rss_start = _peak_rss_mb()
+        options = dict(
+            device=device,
+            batch_size=batch_size,
+            input_size=input_size,
+            progress=False,
+            precision=precision,
+            backend=backend,
+        )
         try:
             if segmenter is not None:
                 seg, weights_used = segmenter, "given segmenter"
             else:
-                seg = LungSegmenter(
-                    weights,
-                    device=device,
-                    batch_size=batch_size,
-                    input_size=input_size,
-                    progress=False,
-                    precision=precision,
-                    backend=backend,
-                )
+                seg = LungSegmenter(weights, **options)
                 weights_used = weights or "bundled"
         except WeightsError:
-            seg = LungSegmenter(
-                model=FusionLungNet(),
-                device=device,
-                batch_size=batch_size,
-                input_size=input_size,
-                progress=False,
-                precision=precision,
-                backend=backend,
-            )
+            seg = LungSegmenter(model=FusionLungNet(), **options)
             weights_used = "random (no bundled weights)"
         dev = seg.device
         # Network alone: warm-up batch (with backend auto it also picks the engine), then timed batches.
