@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--lung-free-data", help="data folder holding the dev/ volumes (default: ../shared/data)")
     t.add_argument("--no-body-crop", action="store_true", help="feed whole slices instead of the body's box")
+    t.add_argument(
+        "--no-hu-labelled",
+        action="store_true",
+        help="leave out the lung-base slices of real volumes with HU-derived masks (hu_labelled_slices.json)",
+    )
     t.add_argument("--init-weights", help="start from this weights file ('bundled' = the bundled model)")
     t.add_argument("--ema", type=float, default=0.0, help="decay of a moving average of the weights, e.g. 0.99")
     t.add_argument("--export", help="after training, write the compact fp16 weights file here")
@@ -302,6 +307,7 @@ def _cmd_train(args) -> int:
         time_limit_min=args.time_limit,
         augment=not args.no_augment,
         body_crop=not args.no_body_crop,
+        hu_labelled=not args.no_hu_labelled,
         lung_free_fraction=args.lung_free_fraction,
         lung_free_data=args.lung_free_data,
         init_weights=args.init_weights,

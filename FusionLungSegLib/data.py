@@ -25,6 +25,8 @@ __all__ = [
     "load_finding_lungs",
     "load_volume_slices",
     "load_lung_free_slices",
+    "load_hu_labelled_slices",
+    "hu_lung_mask",
     "lung_free_catalogue",
     "attach_crop_boxes",
     "concat_slice_sets",
@@ -214,6 +216,65 @@ def load_volume_slices(
         [spacing_yx] * len(keep),
         [crop_box(body[z], spacing_yx) for z in keep],
     )
+
+
+def hu_lung_mask(hu: np.ndarray, spacing_zyx, body: np.ndarray, air_hu: float = -400.0, min_ml: float = 100.0):
+    """A lung mask from HU alone, for slices through the lung bases: air inside the body in 3D
+    components of ``min_ml`` or more, holes filled per slice.  Not for slices with the trachea."""
+    from scipy import ndimage
+
+    from .body import fill_holes_axial
+
+    labels, n = ndimage.label((np.asarray(hu) < air_hu) & body, structure=ndimage.generate_binary_structure(3, 1))
+    ml = np.bincount(labels.ravel(), minlength=n + 1) * float(np.prod(spacing_zyx)) / 1000.0
+    keep = ml >= min_ml
+    keep[0] = False
+    return fill_holes_axial(keep[labels])
+
+
+def load_hu_labelled_slices(data_dir: str | Path | None = None) -> SliceSet:
+    """Slices through the lung bases of real volumes with HU-derived lung masks (``hu_labelled_slices.json``).
+
+    Volumes missing from ``data_dir`` are skipped with a warning.
+    """
+    import json
+    import warnings
+
+    import SimpleITK as sitk
+
+    from .body import body_mask, crop_box
+    from .geometry import AxialReorientation
+    from .io import read_image
+
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    catalogue = json.loads(Path(__file__).with_name("hu_labelled_slices.json").read_text())
+    parts = []
+    for entry in catalogue["volumes"]:
+        path = root / entry["path"]
+        if not path.exists():
+            warnings.warn(f"HU-labelled slices: {path} not found, skipped", stacklevel=2)
+            continue
+        img = read_image(path)
+        reo = AxialReorientation.from_image(img)
+        hu = reo.to_canonical(sitk.GetArrayViewFromImage(img)).astype(np.int16)
+        body = body_mask(hu, reo.spacing_zyx)
+        lung = hu_lung_mask(hu, reo.spacing_zyx, body)
+        keep = [z for first, last in entry["ranges"] for z in range(first, last + 1)]
+        case = Path(entry["path"]).name.split(".")[0]
+        sp = reo.spacing_zyx[1:]
+        parts.append(
+            SliceSet(
+                np.ascontiguousarray(hu[keep]),
+                np.ascontiguousarray(lung[keep]),
+                [case] * len(keep),
+                [f"{case}_z{z:04d}" for z in keep],
+                [sp] * len(keep),
+                [crop_box(body[z], sp) for z in keep],
+            )
+        )
+    if not parts:
+        return SliceSet(np.zeros((0, 1, 1), np.int16), np.zeros((0, 1, 1), bool), [], [])
+    return concat_slice_sets(*parts)
 
 
 def lung_free_catalogue() -> dict:

@@ -19,7 +19,15 @@ import numpy as np
 import torch
 
 from .body import BODY_CROP
-from .data import Augment, SliceSet, attach_crop_boxes, load_finding_lungs, load_lung_free_slices, split_by_case
+from .data import (
+    Augment,
+    SliceSet,
+    attach_crop_boxes,
+    load_finding_lungs,
+    load_hu_labelled_slices,
+    load_lung_free_slices,
+    split_by_case,
+)
 from .losses import DeepSupervisionLoss, HybridLoss
 from .metrics import TABLE2_KEYS, table2_metrics
 from .model import FusionLungNet, count_parameters, load_encoder_weights
@@ -57,6 +65,7 @@ class TrainConfig:
     lung_free_fraction: float = 0.25  # share of each batch drawn from the recorded lung-free slices
     lung_free_data: str | None = None  # data folder holding dev/ volumes; None = the default data folder
     init_weights: str | None = None  # start from a weights file ("bundled" = the bundled model)
+    hu_labelled: bool = True  # add the lung-base slices of real volumes with HU-derived masks to the lung slices
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     extra: dict = field(default_factory=dict)
 
@@ -177,8 +186,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     empty = SliceSet(np.zeros((0, 1, 1), np.int16), np.zeros((0, 1, 1), bool), [], [])
     free_set = load_lung_free_slices(cfg.lung_free_data, "train") if cfg.lung_free_fraction > 0 else empty
     free_val = load_lung_free_slices(cfg.lung_free_data, "held-out") if cfg.lung_free_fraction > 0 else empty
+    base_set = load_hu_labelled_slices(cfg.lung_free_data) if cfg.hu_labelled else empty
     if not cfg.body_crop:  # the volumes' boxes come with them; without the crop the whole slice is used
-        for s in (free_set, free_val):
+        for s in (free_set, free_val, base_set):
             s.boxes = [None] * len(s)
     (out / "split.json").write_text(
         json.dumps(
@@ -188,11 +198,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 "validation": val_set.names,
                 "lung_free_train": free_set.names,
                 "lung_free_held_out": free_val.names,
+                "hu_labelled_train": base_set.names,
             },
             indent=1,
         )
     )
     images, masks = _to_network_set(train_set, cfg.input_size, cfg.hu_window)
+    if len(base_set):  # lung-base slices with HU-derived masks join the lung slices
+        base_images, base_masks = _to_network_set(base_set, cfg.input_size, cfg.hu_window)
+        images, masks = torch.cat([images, base_images]), torch.cat([masks, base_masks])
     free_images, _ = _to_network_set(free_set, cfg.input_size, cfg.hu_window)
 
     model = FusionLungNet().to(device)
@@ -320,6 +334,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             "torch_rng": torch.get_rng_state(),
             "validation": val_set.names,
             "lung_free_train": free_set.names,
+            "hu_labelled_train": base_set.names,
             "ema": ema.model.state_dict() if ema is not None else None,
             "machine": machine,
         }
@@ -349,6 +364,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "stopped_on_time_limit": stopped_early,
         "train_slices": len(train_set),
         "lung_free_slices": len(free_set),
+        "hu_labelled_slices": len(base_set),
         "val_slices": len(val_set),
     }
 
@@ -394,6 +410,7 @@ def export_weights(checkpoint: str | Path, out_path: str | Path, extra_meta: dic
         "validation": list(state.get("validation", [])),
         "body_crop": dict(BODY_CROP) if cfg.get("body_crop", False) else None,
         "lung_free_training_slices": list(state.get("lung_free_train", [])),
+        "hu_labelled_training_slices": list(state.get("hu_labelled_train", [])),
         "weights_averaged": bool(state.get("ema")),
         "trained_on": state.get("machine"),
         **(extra_meta or {}),

@@ -25,7 +25,8 @@ def run(tmp_path_factory):
         val_fraction=0.25,
         augment=False,
         device="cpu",
-        lung_free_fraction=0.0,  # the lung-free volumes have their own test below
+        lung_free_fraction=0.0,  # the real volumes have their own test below
+        hu_labelled=False,
     )
     return cfg, train(cfg, progress=False)
 
@@ -88,6 +89,7 @@ def test_resume_gives_bit_for_bit_the_same_weights_as_an_uninterrupted_run(tmp_p
         val_fraction=0.2,
         device="cpu",
         lung_free_fraction=0.0,
+        hu_labelled=False,
         ema=0.9,
         min_input_size=32,
         decay_from=1,
@@ -123,6 +125,11 @@ def test_lung_free_slices_join_every_batch_with_an_empty_target(tmp_path):
         "LungPETCTDx_A0001_CT_5mm_kernelB",
         "C3N-00247_chest_ct",
     }
+    from FusionLungSegLib.data import load_hu_labelled_slices
+
+    bases = load_hu_labelled_slices(DATA)  # lung bases with HU-derived masks: thin crescents beside the liver
+    assert len(bases) == 32 and bases.masks[5:].any(axis=(1, 2)).all()
+    assert not set(bases.cases) & {"NSCLCRadiomics_LUNG1-001_CT"}  # the held-out volume stays out
     held_out = load_lung_free_slices(DATA, "held-out")
     assert set(held_out.cases) == {"NSCLCRadiomics_LUNG1-001_CT"} and len(held_out) == 41
     cfg = TrainConfig(
@@ -137,7 +144,7 @@ def test_lung_free_slices_join_every_batch_with_an_empty_target(tmp_path):
         lung_free_fraction=0.25,
     )
     result = train(cfg, progress=False)
-    assert result["lung_free_slices"] == 21
+    assert result["lung_free_slices"] == 21 and result["hu_labelled_slices"] == 32
     assert 0.0 <= result["history"][0]["val_lung_free_fraction"] <= 1.0
     split = json.loads((tmp_path / "split.json").read_text())
     assert len(split["lung_free_train"]) == 21 and len(split["lung_free_held_out"]) == 41
