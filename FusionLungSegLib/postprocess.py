@@ -151,7 +151,7 @@ def _component_stats(labels, n, spacing_zyx, body, shell, midline: float | None)
     return out
 
 
-def _covered_from_above(labels: np.ndarray, comps: list[Component], candidates: list[Component]) -> None:
+def _covered_from_above(labels: np.ndarray, candidates: list[Component]) -> None:
     """For each candidate: the fraction of its footprint (y, x) where another candidate lies higher."""
     lut = np.zeros(labels.max() + 1, bool)
     lut[[c.label for c in candidates]] = True
@@ -187,6 +187,7 @@ def select_lungs(
     seed_window_mm: float = 30.0,
     lateral_mm: float = 25.0,
     near_mm: float = 10.0,
+    other_lung_window_mm: float = 100.0,
 ) -> tuple[np.ndarray, SelectionReport]:
     """Keep the components of a canonical lung mask that belong to the two lungs.
 
@@ -229,7 +230,7 @@ def select_lungs(
         elif c.at_surface > 0.3:
             c.reason = AT_SURFACE
     live = [c for c in comps if not c.reason]
-    _covered_from_above(labels, comps, live)
+    _covered_from_above(labels, live)
     for c in live:
         higher = sum(o.ml for o in live if o is not c and o.top > c.top)
         if c.covered_from_above >= 0.5 and higher > c.ml:
@@ -244,11 +245,13 @@ def select_lungs(
         window = [c for c in eligible if (highest - c.top) * sz <= seed_window_mm]
         first = max(window, key=lambda c: c.ml)
         seeds.append(first)
-        if 0.2 < first.side < 0.8:  # one component holds both lungs
-            pass
-        else:
-            first_right = first.side >= 0.5
-            others = [c for c in window if c is not first and (c.side >= 0.5) != first_right]
+        if not 0.2 < first.side < 0.8:  # else one component holds both lungs
+            other_side = [c for c in eligible if (c.side >= 0.5) != (first.side >= 0.5)]
+            # The other lung: within the window if it is there; else its apex may be lower (e.g. after
+            # an upper lobectomy), but not by more than a lung's height.
+            others = [c for c in other_side if c in window] or [
+                c for c in other_side if (highest - c.top) * sz <= other_lung_window_mm
+            ]
             if others:
                 seeds.append(max(others, key=lambda c: c.ml))
     seed_mask = _select(labels, n, [c.label for c in seeds]) if seeds else np.zeros(mask.shape, bool)

@@ -137,3 +137,15 @@ def test_fast_hole_filling_matches_scipy_slice_by_slice():
     mask[:, 0, :] |= rng.random((12, 70)) > 0.5  # touching the border
     expected = np.stack([ndimage.binary_fill_holes(m) for m in mask])
     assert np.array_equal(fill_holes_axial(mask), expected)
+
+
+def test_a_lung_whose_apex_is_much_lower_is_still_a_lung():
+    # After an upper lobectomy one apex may lie 5 cm below the other: both are still the lungs.
+    p = chest(slices=30)
+    left = p.parts["lung_left"].copy()
+    top = int(np.flatnonzero(left.any(axis=(1, 2)))[-1])
+    left[top - 9 :] = False  # 10 slices of 5 mm lower than the right apex
+    p.parts["lung_left"] = left
+    prob = (p.parts["lung_right"] | left).astype(np.float32)
+    labels = postprocess(prob, p.spacing_zyx, hu=p.hu)
+    _assert_lungs_exact(labels, p)
