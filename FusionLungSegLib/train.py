@@ -213,8 +213,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.init_weights:
         from .weights import load_weights
 
-        state, _ = load_weights(None if cfg.init_weights == "bundled" else cfg.init_weights)
+        state, init_meta = load_weights(None if cfg.init_weights == "bundled" else cfg.init_weights)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        seen = set(data.names) - set(init_meta.get("validation") or data.names)  # what those weights trained on
+        leaked = sorted(seen & set(val_set.names))
+        if leaked:
+            raise ValueError(
+                f"--init-weights {cfg.init_weights} was trained on {len(leaked)} of this run's validation slices "
+                f"(e.g. {leaked[0]}), so validation would not be held out: use the split those weights were "
+                f"trained with (--seed {init_meta.get('seed')}, --val-fraction {init_meta.get('val_fraction')})"
+            )
     if cfg.encoder_weights:
         missing = load_encoder_weights(model.encoder, cfg.encoder_weights)
         if missing:

@@ -182,3 +182,12 @@ def test_precision_and_cpu_are_logged_and_recorded(run):
     state = torch.load(result["last"], weights_only=True)
     assert state["machine"]["precision"] == "fp32" and state["machine"]["cpu"]
     assert result["history"][-1]["precision"] == "fp32"
+
+
+def test_fine_tuning_refuses_a_split_whose_validation_the_weights_trained_on(run, tmp_path):
+    cfg, result = run
+    weights = tmp_path / "w.pt"
+    export_weights(result["best"], weights)
+    other = {**cfg.__dict__, "out_dir": str(tmp_path / "ft"), "init_weights": str(weights), "epochs": 1}
+    with pytest.raises(ValueError, match="validation would not be held out"):
+        train(TrainConfig(**{**other, "seed": 3}), progress=False)
