@@ -372,7 +372,7 @@ class LungSegmenter:
         if progress is not None:
             progress(0.95, "post-processing")
         t2 = clock()
-        labels, removed = postprocess_with_report(mask, reo.spacing_zyx, threshold=0.5, body=body)
+        labels, removed = postprocess_with_report(mask, reo.spacing_zyx, threshold=0.5, hu=hu, body=body)
         del mask
         qc = quality_check(labels, reo.spacing_zyx, body, removed)
         qc["measures"]["slices_skipped"] = 0 if only is None else int(np.count_nonzero(~only))

@@ -19,6 +19,7 @@ __all__ = [
     "body_mask",
     "clean_lung_mask",
     "select_lungs",
+    "grow_into_aerated_lung",
     "SelectionReport",
     "remove_central_airways",
     "split_right_left",
@@ -268,6 +269,53 @@ def select_lungs(
     return kept, report
 
 
+def grow_into_aerated_lung(
+    lungs: np.ndarray,
+    hu: np.ndarray,
+    body: np.ndarray,
+    spacing_zyx,
+    exclude: np.ndarray | None = None,
+    air_hu: float = -400.0,
+    distance_mm: float = 10.0,
+) -> np.ndarray:
+    """Grow a canonical lung mask into the aerated voxels next to it, up to ``distance_mm``.
+
+    A 2D network at about 2 mm per pixel misses the thin crescents of lung in
+    the costophrenic recesses and under-reaches the lung's edge; those voxels
+    are air (below ``air_hu``) touching the lung.  The growth follows air inside
+    the body only, never into ``exclude`` (components post-processing removed,
+    such as stomach gas), in steps of one pixel in-plane; the slices within
+    ``distance_mm`` are reached in steps spread among them.  Returns a new array.
+    """
+    import cv2
+
+    lungs = np.asarray(lungs, dtype=bool)
+    if not lungs.any():
+        return lungs.copy()
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    steps = max(1, int(round(distance_mm / min(sy, sx))))  # in-plane pixels
+    z_steps = int(distance_mm // sz)  # whole slices within the distance, spread over the steps
+    z_at = {max(1, int(round(k * steps / z_steps))) for k in range(1, z_steps + 1)} if z_steps else set()
+    box = bounding_box(lungs, margin=steps + 1)
+    box = (slice(max(0, box[0].start - z_steps), min(lungs.shape[0], box[0].stop + z_steps)), *box[1:])
+    current = lungs[box].copy()
+    allowed = (np.asarray(hu[box]) < air_hu) & body[box]
+    if exclude is not None:
+        allowed &= ~exclude[box]
+    cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
+    for step in range(1, steps + 1):
+        grown = np.empty_like(current)
+        for z in range(current.shape[0]):
+            grown[z] = cv2.dilate(current[z].view(np.uint8), cross) > 0
+        if step in z_at:
+            grown[1:] |= current[:-1]
+            grown[:-1] |= current[1:]
+        current |= grown & allowed
+    out = lungs.copy()
+    out[box] = current
+    return out
+
+
 def clean_lung_mask(mask: np.ndarray, spacing_zyx, body: np.ndarray | None = None) -> np.ndarray:
     """The lungs' components of a canonical mask (see :func:`select_lungs`), holes filled per slice."""
     return fill_holes_axial(select_lungs(mask, spacing_zyx, body)[0])
@@ -376,11 +424,18 @@ def postprocess_with_report(
     hu: np.ndarray | None = None,
     body: np.ndarray | None = None,
 ) -> tuple[np.ndarray, SelectionReport]:
-    """:func:`postprocess`, and the report of which components were removed and why."""
+    """:func:`postprocess`, and the report of which components were removed and why.
+
+    With ``hu``, the kept lungs are grown into the aerated voxels next to them
+    (:func:`grow_into_aerated_lung`), and trachea cross-sections are removed again.
+    """
     if body is None and hu is not None:
         body = body_mask(hu, spacing_zyx)
     candidates = remove_central_airways(prob > threshold, spacing_zyx)
     kept, report = select_lungs(candidates, spacing_zyx, body)
+    if hu is not None and kept.any():
+        kept = grow_into_aerated_lung(kept, hu, body, spacing_zyx, exclude=candidates & ~kept)
+        kept = remove_central_airways(kept, spacing_zyx)
     del candidates
     labels = np.zeros(kept.shape, np.uint8)
     if not kept.any():

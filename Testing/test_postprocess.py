@@ -125,6 +125,7 @@ def test_lung_bases_at_the_top_of_an_abdominal_scan_win_over_bigger_bowel_gas():
     hu[big] = -990
     lungs = (p.parts["lung_right"] | p.parts["lung_left"])[:25]
     lungs[: top.start] = False
+    hu[(p.parts["lung_right"] | p.parts["lung_left"])[:25] & ~lungs] = 40  # the scan's lungs are the bases alone
     prob = (lungs | gas | big).astype(np.float32)
     assert big.sum() > lungs.sum()
     labels = postprocess(prob, p.spacing_zyx, hu=hu)
@@ -145,7 +146,38 @@ def test_a_lung_whose_apex_is_much_lower_is_still_a_lung():
     left = p.parts["lung_left"].copy()
     top = int(np.flatnonzero(left.any(axis=(1, 2)))[-1])
     left[top - 9 :] = False  # 10 slices of 5 mm lower than the right apex
+    p.hu[p.parts["lung_left"] & ~left] = 40  # no lung there (tissue, as after a lobectomy)
     p.parts["lung_left"] = left
     prob = (p.parts["lung_right"] | left).astype(np.float32)
     labels = postprocess(prob, p.spacing_zyx, hu=p.hu)
     _assert_lungs_exact(labels, p)
+
+
+def test_thin_aerated_crescent_the_network_missed_is_grown_into_but_not_stomach_gas():
+    # A 2D network at ~2 mm per pixel misses the thin costophrenic crescents; they are air touching the lung.
+    p = chest(abdomen_gas=True)
+    lungs = p.parts["lung_right"] | p.parts["lung_left"]
+    first = int(np.flatnonzero(lungs.any(axis=(1, 2)))[0])
+    network = lungs.copy()
+    network[first] = False  # the lowest lung slice missed (5 mm) ...
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    network &= ndimage.binary_erosion(lungs, structure=in_plane, iterations=2)  # ... and a 4 mm rim
+    labels, report = postprocess_with_report((network | p.parts["gas"]).astype(np.float32), p.spacing_zyx, hu=p.hu)
+    found = labels > 0
+    assert found[lungs].mean() > 0.99  # the crescent slices and the rim are back
+    assert not found[p.parts["gas"]].any() and report.removed("below the diaphragm")
+    assert not (found & ~lungs).any()
+
+
+def test_growth_stops_at_tissue_and_outside_the_body():
+    from FusionLungSegLib.body import body_mask
+    from FusionLungSegLib.postprocess import grow_into_aerated_lung
+
+    p = chest(cushion=True)
+    lungs = p.parts["lung_right"] | p.parts["lung_left"]
+    body = body_mask(p.hu, p.spacing_zyx)
+    seed = lungs & ~ndimage.binary_erosion(lungs, iterations=1)  # only the lungs' surface
+    grown = grow_into_aerated_lung(seed, p.hu, body, p.spacing_zyx, distance_mm=200.0)
+    assert not grown[p.parts["cushion_air"]].any() and not (grown & ~lungs).any()
+    assert grown[lungs].mean() > 0.99
