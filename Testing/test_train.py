@@ -128,7 +128,10 @@ def test_lung_free_slices_join_every_batch_with_an_empty_target(tmp_path):
     from FusionLungSegLib.data import load_hu_labelled_slices
 
     bases = load_hu_labelled_slices(DATA)  # lung bases with HU-derived masks: thin crescents beside the liver
-    assert len(bases) == 32 and bases.masks[5:].any(axis=(1, 2)).all()
+    holds_lung = bases.masks.any(axis=(1, 2))
+    # every listed slice holds lung except the PET/CT's slice 1, recorded as holding none (an empty target)
+    empty = [name for name, lung in zip(bases.names, holds_lung) if not lung]
+    assert len(bases) == 32 and empty == ["LungPETCTDx_A0001_CT_5mm_kernelB_z0001"]
     assert not set(bases.cases) & {"NSCLCRadiomics_LUNG1-001_CT"}  # the held-out volume stays out
     held_out = load_lung_free_slices(DATA, "held-out")
     assert set(held_out.cases) == {"NSCLCRadiomics_LUNG1-001_CT"} and len(held_out) == 41
