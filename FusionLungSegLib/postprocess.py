@@ -179,6 +179,18 @@ def _near(labels: np.ndarray, comp: Component, seeds: np.ndarray, spacing_zyx, d
     return bool((distance[labels[box] == comp.label] <= distance_mm).any())
 
 
+def _caps(
+    labels: np.ndarray, comp: Component, lung: Component, lung_footprint: np.ndarray, sz: float, gap_mm: float
+) -> bool:
+    """Whether ``comp`` lies above ``lung`` (within ``gap_mm``), at least half of its footprint over the lung's."""
+    if comp.bottom <= lung.top or (comp.bottom - lung.top) * sz > gap_mm:
+        return False
+    footprint = (labels[comp.box] == comp.label).any(axis=0)
+    over = np.zeros(labels.shape[1:], bool)
+    over[lung.box[1:]] = lung_footprint
+    return np.count_nonzero(footprint & over[comp.box[1:]]) >= 0.5 * np.count_nonzero(footprint)
+
+
 def select_lungs(
     mask: np.ndarray,
     spacing_zyx,
@@ -189,6 +201,7 @@ def select_lungs(
     lateral_mm: float = 25.0,
     near_mm: float = 10.0,
     other_lung_window_mm: float = 100.0,
+    apex_gap_mm: float = 30.0,
 ) -> tuple[np.ndarray, SelectionReport]:
     """Keep the components of a canonical lung mask that belong to the two lungs.
 
@@ -202,7 +215,10 @@ def select_lungs(
     ``seed_window_mm`` of the most superior such candidate (so that on a scan of
     the abdomen the lung bases, not bowel gas, are the lungs), one per side unless
     one component spans both.  Every other component must lie within
-    ``near_mm`` of them.  Returns the kept voxels (not hole-filled) and a report.
+    ``near_mm`` of them, or sit on top of one of them (its lowest slice within
+    ``apex_gap_mm`` above the lung's top, at least half of its footprint over the
+    lung's: an apex that a tumour or missed slices cut off from the rest of the
+    lung).  Returns the kept voxels (not hole-filled) and a report.
     """
     full = np.asarray(mask, dtype=bool)
     report = SelectionReport()
@@ -256,9 +272,13 @@ def select_lungs(
             if others:
                 seeds.append(max(others, key=lambda c: c.ml))
     seed_mask = _select(labels, n, [c.label for c in seeds]) if seeds else np.zeros(mask.shape, bool)
+    footprints = {s.label: (labels[s.box] == s.label).any(axis=0) for s in seeds}
     for c in live:
-        if c not in seeds and not _near(labels, c, seed_mask, spacing_zyx, near_mm):
-            c.reason = FAR
+        if c in seeds or _near(labels, c, seed_mask, spacing_zyx, near_mm):
+            continue
+        if c.lateral_mm >= lateral_mm and any(_caps(labels, c, s, footprints[s.label], sz, apex_gap_mm) for s in seeds):
+            continue  # an apex cut off from its lung (by a tumour, or slices the network missed)
+        c.reason = FAR
     keep = [c.label for c in comps if not c.reason]
     kept = np.zeros(full.shape, bool)
     if keep:

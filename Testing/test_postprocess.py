@@ -181,3 +181,27 @@ def test_growth_stops_at_tissue_and_outside_the_body():
     grown = grow_into_aerated_lung(seed, p.hu, body, p.spacing_zyx, distance_mm=200.0)
     assert not grown[p.parts["cushion_air"]].any() and not (grown & ~lungs).any()
     assert grown[lungs].mean() > 0.99
+
+
+def test_an_apex_cut_off_by_a_tumour_stays_lung_but_air_beside_it_does_not():
+    # Real failure (LUNG1-001): a tumour in the right upper lobe and slices the network missed cut the right
+    # apex (30 mL, 15 mm above the rest of the lung) off its lung; it was removed as "far from the lungs".
+    p = chest(slices=30)
+    right = p.parts["lung_right"]
+    top = int(np.flatnonzero(right.any(axis=(1, 2)))[-1])
+    apex = right.copy()
+    apex[: top - 1] = False  # the two highest slices
+    tumour = right.copy()
+    tumour[: top - 4] = False
+    tumour &= ~apex  # three slices (15 mm) of tumour between the apex and the rest
+    p.hu[tumour] = 40
+    p.parts["lung_right"] = right & ~tumour
+    size_mm = 256 * 1.95
+    y, x = (np.mgrid[:256, :256] + 0.5) * 1.95
+    beside = np.zeros(p.hu.shape, bool)  # an air pocket above the left lung but lateral to its footprint
+    beside[top - 1 : top + 1] = (y - size_mm * 0.45) ** 2 + (x - (size_mm / 2 + 0.85 * 170)) ** 2 < 8**2
+    p.hu[beside] = -900
+    labels, report = postprocess_with_report(_network_mask(p) + beside, p.spacing_zyx, hu=p.hu)
+    _assert_lungs_exact(labels, p)
+    assert (labels[apex] == RIGHT_LUNG).all()
+    assert not labels[beside].any() and report.removed("far from the lungs")
