@@ -22,7 +22,7 @@ __all__ = [
 #: File name of the bundled model inside ``Resources/``.
 BUNDLED_WEIGHTS = "FusionLungNet.pt"
 #: sha256 of the bundled file; a file with another hash is refused.
-BUNDLED_SHA256 = "cef93f7fb4adca45c4c23b7ec070559bb87f6dd8793935e5b02ffd82edd9c39e"
+BUNDLED_SHA256 = "ce9c9b845f99cfc09ce0a83c9a3f9ec98ac93c1bdaba3f86581c6853d47c2da1"
 
 
 class WeightsError(RuntimeError):
