@@ -211,7 +211,8 @@ def test_sample_dicom_seg_reads_back_to_the_same_voxels(sample_run):
     (written,) = report["dicom_seg"]
     dicom_seg = check_dicom_seg(out / "lungs.dcm", labels, dicom_series_files(SAMPLE_DICOM))
     algorithm = dicom_seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
-    assert algorithm.AlgorithmParameters.startswith("model=FusionLungNet 160px")
+    size = W.load_weights(None)[1]["input_size"]  # the bundled model's own input size (what segment used)
+    assert algorithm.AlgorithmParameters.startswith(f"model=FusionLungNet {size}px")
     assert f"sha256:{W.BUNDLED_SHA256[:12]}" in algorithm.AlgorithmParameters
     # The sample's stripped header: what was filled is said, and only in the SEG.
     filled = " ".join(written["filled"])
