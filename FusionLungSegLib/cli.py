@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--dicom-seg", metavar="OUT.dcm", help="also write a DICOM SEG of the DICOM input series here")
     s.add_argument("--weights", help="weights file (default: the bundled model)")
+    _add_method(s)
     s.add_argument("--input-size", type=int, help="network input in pixels, multiple of 32 (default: the weights' own)")
     s.add_argument(
         "--fast",
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", help="Kaggle archive or folder for --slices")
     v.add_argument("--split", help="split.json written by train (default: the weights' own split, seed 0)")
     v.add_argument("--weights", help="weights for --slices (default: bundled)")
+    _add_method(v)
     v.add_argument(
         "--postprocess", action="store_true", help="with --slices: score after component cleaning and hole filling"
     )
@@ -205,8 +207,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_segment(args) -> int:
+def _add_method(p) -> None:
+    p.add_argument(
+        "--method",
+        choices=("network", "hu-threshold"),
+        default="network",
+        help="network: the weights (default); hu-threshold: the baseline that calls air below -320 HU inside "
+        "the body lung candidates, with the same post-processing (no network)",
+    )
+
+
+def _segmenter(args, **options):
+    """The LungSegmenter the arguments ask for (``--method hu-threshold``: the threshold baseline)."""
+    if getattr(args, "method", "network") == "hu-threshold":
+        if args.weights:
+            raise ValueError("--method hu-threshold uses no weights: leave out --weights")
+        from .threshold import HUThresholdSegmenter
+
+        return HUThresholdSegmenter(skip_slices=options.get("skip_slices", True))
     from .inference import LungSegmenter
+
+    return LungSegmenter(weights=args.weights, **options)
+
+
+def _cmd_segment(args) -> int:
     from .io import check_output_path, output_stem, read_image, write_image
     from .outputs import check_dicom_seg_request, describe_model, write_dicom_seg
 
@@ -216,8 +240,8 @@ def _cmd_segment(args) -> int:
     dicom_segs = check_dicom_seg_request(args.input, out, args.dicom_seg)  # before the work: DICOM input only
     t0 = time.monotonic()
     image = read_image(args.input)
-    seg = LungSegmenter(
-        weights=args.weights,
+    seg = _segmenter(
+        args,
         device=args.device,
         batch_size=args.batch_size,
         input_size=160 if args.fast else args.input_size,
@@ -335,9 +359,8 @@ def _cmd_evaluate(args) -> int:
 
     if args.slices:
         from .data import load_finding_lungs, split_by_case
-        from .inference import LungSegmenter
 
-        seg = LungSegmenter(weights=args.weights, device=args.device, input_size=args.input_size, progress=False)
+        seg = _segmenter(args, device=args.device, input_size=args.input_size, progress=False)
         data = load_finding_lungs(args.data)
         if args.slices == "all":
             subset = data
