@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(s)
     _add_precision(s)
 
-    t = sub.add_parser("train", help="train FusionLungNet on 2D CT slices with lung masks")
+    t = sub.add_parser("train", help="train FusionLungNet (or a baseline, --arch) on 2D CT slices with lung masks")
     t.add_argument("--data", help="Kaggle 'finding-lungs' archive (.tar.gz) or folder (default: ../shared/data)")
     t.add_argument(
         "--out",
@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=0.1, help="fraction of cases held out for validation")
     t.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and augmentation")
     t.add_argument("--threads", type=int, help="CPU threads for torch")
-    t.add_argument("--encoder-weights", help="local torchvision ResNet-50 state dict to start the encoder from")
+    t.add_argument(
+        "--encoder-weights",
+        help="local torchvision ResNet-50 (ResNet-18 for --arch resunet18) state dict to start the encoder from",
+    )
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--limit", type=int, help="use only the first N slices (smoke runs)")
     t.add_argument("--time-limit", type=float, help="stop after the epoch that passes this many minutes")
@@ -140,6 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--init-weights", help="start from this weights file ('bundled' = the bundled model)")
     t.add_argument("--ema", type=float, default=0.0, help="decay of a moving average of the weights, e.g. 0.99")
+    t.add_argument(
+        "--arch",
+        choices=("fusionlungnet", "unet", "resunet18"),
+        default="fusionlungnet",
+        help="network: FusionLungNet (default), U-Net (classic 4-level, 31 M parameters) or ResUNet-18 (U-Net "
+        "decoder on a ResNet-18 encoder, 14 M); stored in the weights, so segment/evaluate/bench need no flag",
+    )
+    t.add_argument(
+        "--no-refinement", action="store_true", help="ablation: FusionLungNet without its residual refinement module"
+    )
+    t.add_argument(
+        "--no-deep-supervision", action="store_true", help="ablation: loss on the refined output only, not the sides"
+    )
+    t.add_argument(
+        "--loss",
+        choices=("hybrid", "bce"),
+        default="hybrid",
+        help="hybrid: 0.3 focal + 0.4 SSIM + 0.3 IoU (paper); bce",
+    )
     t.add_argument("--export", help="after training, write the compact fp16 weights file here")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--log-every", type=int, default=0, help="print the running loss every N steps")
@@ -336,6 +358,10 @@ def _cmd_train(args) -> int:
         lung_free_data=args.lung_free_data,
         init_weights=args.init_weights,
         ema=args.ema,
+        arch=args.arch,
+        refinement=not args.no_refinement,
+        deep_supervision=not args.no_deep_supervision,
+        loss=args.loss,
         log_every=args.log_every,
         val_sizes=tuple(args.val_sizes),
     )
