@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--dicom-seg", metavar="OUT.dcm", help="also write a DICOM SEG of the DICOM input series here")
     s.add_argument("--weights", help="weights file (default: the bundled model)")
+    _add_method(s)
     s.add_argument("--input-size", type=int, help="network input in pixels, multiple of 32 (default: the weights' own)")
     s.add_argument(
         "--fast",
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(s)
     _add_precision(s)
 
-    t = sub.add_parser("train", help="train FusionLungNet on 2D CT slices with lung masks")
+    t = sub.add_parser("train", help="train FusionLungNet (or a baseline, --arch) on 2D CT slices with lung masks")
     t.add_argument("--data", help="Kaggle 'finding-lungs' archive (.tar.gz) or folder (default: ../shared/data)")
     t.add_argument(
         "--out",
@@ -111,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=0.1, help="fraction of cases held out for validation")
     t.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and augmentation")
     t.add_argument("--threads", type=int, help="CPU threads for torch")
-    t.add_argument("--encoder-weights", help="local torchvision ResNet-50 state dict to start the encoder from")
+    t.add_argument(
+        "--encoder-weights",
+        help="local torchvision ResNet-50 (ResNet-18 for --arch resunet18) state dict to start the encoder from",
+    )
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--limit", type=int, help="use only the first N slices (smoke runs)")
     t.add_argument("--time-limit", type=float, help="stop after the epoch that passes this many minutes")
@@ -139,6 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--init-weights", help="start from this weights file ('bundled' = the bundled model)")
     t.add_argument("--ema", type=float, default=0.0, help="decay of a moving average of the weights, e.g. 0.99")
+    t.add_argument(
+        "--arch",
+        choices=("fusionlungnet", "unet", "resunet18"),
+        default="fusionlungnet",
+        help="network: FusionLungNet (default), U-Net (classic 4-level, 31 M parameters) or ResUNet-18 (U-Net "
+        "decoder on a ResNet-18 encoder, 14 M); stored in the weights, so segment/evaluate/bench need no flag",
+    )
+    t.add_argument(
+        "--no-refinement", action="store_true", help="ablation: FusionLungNet without its residual refinement module"
+    )
+    t.add_argument(
+        "--no-deep-supervision", action="store_true", help="ablation: loss on the refined output only, not the sides"
+    )
+    t.add_argument(
+        "--loss",
+        choices=("hybrid", "bce"),
+        default="hybrid",
+        help="hybrid: 0.3 focal + 0.4 SSIM + 0.3 IoU (paper); bce",
+    )
     t.add_argument("--export", help="after training, write the compact fp16 weights file here")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--log-every", type=int, default=0, help="print the running loss every N steps")
@@ -174,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", help="Kaggle archive or folder for --slices")
     v.add_argument("--split", help="split.json written by train (default: the weights' own split, seed 0)")
     v.add_argument("--weights", help="weights for --slices (default: bundled)")
+    _add_method(v)
     v.add_argument(
         "--postprocess", action="store_true", help="with --slices: score after component cleaning and hole filling"
     )
@@ -205,8 +229,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_segment(args) -> int:
+def _add_method(p) -> None:
+    p.add_argument(
+        "--method",
+        choices=("network", "hu-threshold"),
+        default="network",
+        help="network: the weights (default); hu-threshold: the baseline that calls air below -320 HU inside "
+        "the body lung candidates, with the same post-processing (no network)",
+    )
+
+
+def _segmenter(args, **options):
+    """The LungSegmenter the arguments ask for (``--method hu-threshold``: the threshold baseline)."""
+    if getattr(args, "method", "network") == "hu-threshold":
+        if args.weights:
+            raise ValueError("--method hu-threshold uses no weights: leave out --weights")
+        from .threshold import HUThresholdSegmenter
+
+        return HUThresholdSegmenter(skip_slices=options.get("skip_slices", True))
     from .inference import LungSegmenter
+
+    return LungSegmenter(weights=args.weights, **options)
+
+
+def _cmd_segment(args) -> int:
     from .io import check_output_path, output_stem, read_image, write_image
     from .outputs import check_dicom_seg_request, describe_model, write_dicom_seg
 
@@ -216,8 +262,8 @@ def _cmd_segment(args) -> int:
     dicom_segs = check_dicom_seg_request(args.input, out, args.dicom_seg)  # before the work: DICOM input only
     t0 = time.monotonic()
     image = read_image(args.input)
-    seg = LungSegmenter(
-        weights=args.weights,
+    seg = _segmenter(
+        args,
         device=args.device,
         batch_size=args.batch_size,
         input_size=160 if args.fast else args.input_size,
@@ -312,6 +358,10 @@ def _cmd_train(args) -> int:
         lung_free_data=args.lung_free_data,
         init_weights=args.init_weights,
         ema=args.ema,
+        arch=args.arch,
+        refinement=not args.no_refinement,
+        deep_supervision=not args.no_deep_supervision,
+        loss=args.loss,
         log_every=args.log_every,
         val_sizes=tuple(args.val_sizes),
     )
@@ -335,9 +385,8 @@ def _cmd_evaluate(args) -> int:
 
     if args.slices:
         from .data import load_finding_lungs, split_by_case
-        from .inference import LungSegmenter
 
-        seg = LungSegmenter(weights=args.weights, device=args.device, input_size=args.input_size, progress=False)
+        seg = _segmenter(args, device=args.device, input_size=args.input_size, progress=False)
         data = load_finding_lungs(args.data)
         if args.slices == "all":
             subset = data

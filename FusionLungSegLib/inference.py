@@ -23,7 +23,7 @@ from torch import nn
 from .body import BODY_CROP, body_mask, crop_box, slices_that_may_hold_lung
 from .geometry import AxialReorientation
 from .hardware import resolve_precision
-from .model import FusionLungNet
+from .model import build_model
 from .onnx_backend import OnnxRuntimeEngine, resolve_backend, weights_key
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess_with_report
 from .preprocess import HU_WINDOW, from_network, to_network
@@ -177,14 +177,18 @@ class LungSegmenter:
         meta: dict = {}
         if model is None:
             state, meta = load_weights(weights, sha256)
-            model = FusionLungNet()
+            from .weights import WeightsError
+
+            architecture = meta.get("architecture") or "FusionLungNet"  # stored by `train`, so never named twice
+            try:
+                model = build_model(architecture, **(meta.get("arch_options") or {}))
+            except ValueError as exc:
+                raise WeightsError(f"{weights or 'bundled weights'}: {exc}") from None
             try:
                 model.load_state_dict(state)  # copies (and casts fp16 -> fp32) into the parameters
             except RuntimeError as exc:
-                from .weights import WeightsError
-
                 raise WeightsError(
-                    f"{weights or 'bundled weights'}: state dict does not fit FusionLungNet "
+                    f"{weights or 'bundled weights'}: state dict does not fit {architecture} "
                     f"({str(exc).splitlines()[0]})"
                 ) from None
             del state

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FocalLoss", "SSIMLoss", "IoULoss", "HybridLoss", "DeepSupervisionLoss"]
+__all__ = ["FocalLoss", "SSIMLoss", "IoULoss", "HybridLoss", "BCELoss", "DeepSupervisionLoss"]
 
 
 class FocalLoss(nn.Module):
@@ -93,15 +93,30 @@ class HybridLoss(nn.Module):
         )
 
 
-class DeepSupervisionLoss(nn.Module):
-    """Sum of a per-output loss over the refined map and every side output."""
+class BCELoss(nn.Module):
+    """Binary cross-entropy on logits (the ablation of the hybrid loss)."""
 
-    def __init__(self, loss: nn.Module | None = None, weights: Sequence[float] | None = None):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Sum of a per-output loss over the refined map and every side output.
+
+    ``deep_supervision=False`` (the ablation) scores the first output (the refined map) only.
+    """
+
+    def __init__(
+        self, loss: nn.Module | None = None, weights: Sequence[float] | None = None, deep_supervision: bool = True
+    ):
         super().__init__()
         self.loss = loss if loss is not None else HybridLoss()
         self.weights = list(weights) if weights is not None else None
+        self.deep_supervision = deep_supervision
 
     def forward(self, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        if not self.deep_supervision:
+            outputs = outputs[:1]
         weights = self.weights or [1.0] * len(outputs)
         if len(weights) != len(outputs):
             raise ValueError(f"{len(weights)} weights for {len(outputs)} outputs")

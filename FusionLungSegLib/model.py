@@ -27,6 +27,8 @@ __all__ = [
     "ResidualRefinement",
     "load_encoder_weights",
     "count_parameters",
+    "ARCHITECTURES",
+    "build_model",
 ]
 
 
@@ -215,6 +217,7 @@ class FusionLungNet(nn.Module):
         channels: int = 256,
         attention_channels: int = 352,
         refine_channels: int = 64,
+        refinement: bool = True,
     ):
         super().__init__()
         self.encoder = ResNet50Encoder(in_channels)
@@ -230,7 +233,8 @@ class FusionLungNet(nn.Module):
         )
         self.sr = nn.ModuleList(SelfRefinement(c, c) for _ in range(3))
         self.side = nn.ModuleList(nn.Conv2d(ch, 1, 3, padding=1) for ch in (c, c, c, a))
-        self.refine = ResidualRefinement(refine_channels)
+        # Ablation: without the residual refinement module the first output is the finest side output.
+        self.refine = ResidualRefinement(refine_channels) if refinement else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         size = x.shape[-2:]
@@ -243,10 +247,28 @@ class FusionLungNet(nn.Module):
             F.interpolate(head(f), size=size, mode="bilinear", align_corners=False)
             for head, f in zip(self.side, (d3, d2, d1, context))
         ]
-        refined = self.refine(sides[0])
+        refined = self.refine(sides[0]) if self.refine is not None else sides[0]
         return (refined, *sides)
 
 
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+#: ``--arch`` names -> the weights' ``meta["architecture"]``.
+ARCHITECTURES = {"fusionlungnet": "FusionLungNet", "unet": "U-Net", "resunet18": "ResUNet-18"}
+
+
+def build_model(architecture: str = "FusionLungNet", **options) -> nn.Module:
+    """A network by its ``--arch`` name or its metadata name ("FusionLungNet", "U-Net", "ResUNet-18").
+
+    ``options`` go to the constructor (e.g. ``refinement=False`` for FusionLungNet).
+    """
+    from .baselines import ResUNet18, UNet
+
+    key = str(architecture).lower().replace("-", "").replace("_", "")
+    classes = {"fusionlungnet": FusionLungNet, "unet": UNet, "resunet18": ResUNet18}
+    if key not in classes:
+        raise ValueError(f"unknown architecture {architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
+    return classes[key](**options)

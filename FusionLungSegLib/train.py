@@ -28,9 +28,9 @@ from .data import (
     load_lung_free_slices,
     split_by_case,
 )
-from .losses import DeepSupervisionLoss, HybridLoss
+from .losses import BCELoss, DeepSupervisionLoss, HybridLoss
 from .metrics import TABLE2_KEYS, table2_metrics
-from .model import FusionLungNet, count_parameters, load_encoder_weights
+from .model import ARCHITECTURES, build_model, count_parameters, load_encoder_weights
 from .preprocess import HU_WINDOW, from_network, mask_to_network, to_network
 
 __all__ = ["TrainConfig", "learning_rate", "train", "export_weights", "predict_slices", "resolve_device"]
@@ -67,7 +67,17 @@ class TrainConfig:
     init_weights: str | None = None  # start from a weights file ("bundled" = the bundled model)
     hu_labelled: bool = True  # add the lung-base slices of real volumes with HU-derived masks to the lung slices
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
+    arch: str = "fusionlungnet"  # fusionlungnet, unet or resunet18 (model.ARCHITECTURES)
+    refinement: bool = True  # ablation: FusionLungNet without its residual refinement module
+    deep_supervision: bool = True  # ablation: loss on the first output only
+    loss: str = "hybrid"  # hybrid (0.3 focal + 0.4 SSIM + 0.3 IoU) or bce
     extra: dict = field(default_factory=dict)
+
+
+def arch_options(cfg) -> dict:
+    """Constructor options of the architecture (a TrainConfig or its dict in a checkpoint)."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    return {} if get("refinement", True) else {"refinement": False}
 
 
 def default_run_dir(name: str = "fusionlungnet") -> Path:
@@ -117,7 +127,7 @@ def _to_network_set(slices: SliceSet, size: int, window) -> tuple[torch.Tensor, 
 
 @torch.inference_mode()
 def predict_slices(
-    model: FusionLungNet,
+    model: torch.nn.Module,
     slices: SliceSet,
     size: int,
     device: torch.device,
@@ -168,10 +178,12 @@ class WeightAverage:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train FusionLungNet; returns a summary dict (best metrics, paths, timings)."""
+    """Train ``cfg.arch`` (FusionLungNet by default); returns a summary dict (best metrics, paths, timings)."""
     from tqdm.auto import tqdm
 
-    out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir()
+    if not cfg.refinement and cfg.arch != "fusionlungnet":
+        raise ValueError("--no-refinement is an ablation of FusionLungNet (--arch fusionlungnet)")
+    out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg.arch)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -209,7 +221,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         images, masks = torch.cat([images, base_images]), torch.cat([masks, base_masks])
     free_images, _ = _to_network_set(free_set, cfg.input_size, cfg.hu_window)
 
-    model = FusionLungNet().to(device)
+    model = build_model(cfg.arch, **arch_options(cfg)).to(device)
     if cfg.init_weights:
         from .weights import load_weights
 
@@ -224,13 +236,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 f"trained with (--seed {init_meta.get('seed')}, --val-fraction {init_meta.get('val_fraction')})"
             )
     if cfg.encoder_weights:
+        if not hasattr(model, "encoder"):
+            raise ValueError(f"--encoder-weights: the {ARCHITECTURES[cfg.arch]} has no ResNet encoder")
         missing = load_encoder_weights(model.encoder, cfg.encoder_weights)
         if missing:
             print(f"encoder weights: {len(missing)} keys not in file, e.g. {missing[:3]}")
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    criterion = DeepSupervisionLoss(HybridLoss())
+    criterion = DeepSupervisionLoss(
+        HybridLoss() if cfg.loss == "hybrid" else BCELoss(), deep_supervision=cfg.deep_supervision
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     augment = Augment(generator=gen) if cfg.augment else None
     ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
@@ -406,7 +422,10 @@ def export_weights(checkpoint: str | Path, out_path: str | Path, extra_meta: dic
     best = max(hist, key=lambda r: r.get("val_iou", -1)) if hist else {}
     meta = {
         "format": "fusionlungseg-weights-v1",
-        "architecture": "FusionLungNet",
+        "architecture": ARCHITECTURES[cfg.get("arch", "fusionlungnet")],
+        "arch_options": arch_options(cfg),
+        "training_loss": cfg.get("loss", "hybrid")
+        + ("" if cfg.get("deep_supervision", True) else ", no deep supervision"),
         "input_size": int(cfg.get("input_size", 320)),
         "min_input_size": cfg.get("min_input_size"),
         "hu_window": list(cfg.get("hu_window", HU_WINDOW)),

@@ -53,6 +53,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", help="data folder (default: ../shared/data)")
     ap.add_argument("--weights")
     ap.add_argument("--input-size", type=int)
+    ap.add_argument("--method", choices=("network", "hu-threshold"), default="network", help="hu-threshold: baseline")
     ap.add_argument("--labels-dir", help="score <name>_lungs.nii.gz label maps from this folder instead")
     args = ap.parse_args(argv)
     data = Path(args.data) if args.data else default_data_dir()
@@ -61,8 +62,12 @@ def main(argv=None) -> dict:
     seg = None
     if not args.labels_dir:
         from FusionLungSegLib.inference import LungSegmenter
+        from FusionLungSegLib.threshold import HUThresholdSegmenter
 
-        seg = LungSegmenter(args.weights, device="cpu", input_size=args.input_size, progress=False)
+        if args.method == "hu-threshold":
+            seg = HUThresholdSegmenter()
+        else:
+            seg = LungSegmenter(args.weights, device="cpu", input_size=args.input_size, progress=False)
     rows = {}
     for name, (ct_path, ref_path) in VOLUMES.items():
         if not (data / ct_path).exists():

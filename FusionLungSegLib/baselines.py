@@ -1,0 +1,127 @@
+"""Baseline networks trained and scored like FusionLungNet (issue 13): U-Net and ResUNet-18.
+
+Both take (N, 1, H, W) normalised CT (H, W multiples of 32) and return a one-element tuple of
+(N, 1, H, W) logits, the shape of FusionLungNet's first output, so training, inference and
+export treat every architecture alike.
+
+The ResNet-18 encoder keeps torchvision's attribute names (``conv1``, ``bn1``, ``layer1`` ...
+``layer4``, blocks with ``conv1``/``bn1``/``conv2``/``bn2``/``downsample``), so a locally stored
+torchvision state dict loads into it with :func:`model.load_encoder_weights`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["UNet", "ResNet18Encoder", "ResUNet18"]
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """The classic 4-level U-Net (Ronneberger et al. 2015) with batch norm and same-size padding.
+
+    ``base`` 64 gives widths 64-128-256-512-1024 and 31.0 M parameters.
+    """
+
+    def __init__(self, in_channels: int = 1, base: int = 64):
+        super().__init__()
+        widths = [base * 2**i for i in range(5)]
+        self.down = nn.ModuleList([_double_conv(in_channels, widths[0])])
+        self.down.extend(_double_conv(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
+        self.merge = nn.ModuleList(_double_conv(2 * a, a) for a in widths[:-1])
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for up, merge in zip(reversed(self.up), reversed(self.merge)):
+            x = merge(torch.cat((skips.pop(), up(x)), dim=1))
+        return (self.head(x),)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convolutions), torchvision's attribute names."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18Encoder(nn.Module):
+    """ResNet-18 trunk for single-channel input: feature maps of 64 ch at 1/2 and 1/4, 128 at 1/8,
+    256 at 1/16 and 512 at 1/32 of the input size."""
+
+    channels = (64, 64, 128, 256, 512)
+
+    def __init__(self, in_channels: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        cin, layers = 64, []
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        e1 = self.relu(self.bn1(self.conv1(x)))
+        e2 = self.layer1(self.maxpool(e1))
+        e3 = self.layer2(e2)
+        e4 = self.layer3(e3)
+        return [e1, e2, e3, e4, self.layer4(e4)]
+
+
+class ResUNet18(nn.Module):
+    """U-Net decoder on a ResNet-18 encoder: four up-steps with skips (1/16 ... 1/2), then a last
+    up-step to full size; 14.4 M parameters."""
+
+    def __init__(self, in_channels: int = 1, decoder: tuple[int, ...] = (256, 128, 64, 64, 32)):
+        super().__init__()
+        self.encoder = ResNet18Encoder(in_channels)
+        skips = self.encoder.channels[:-1][::-1]  # 256, 128, 64, 64
+        cin = self.encoder.channels[-1]
+        blocks = []
+        for skip, cout in zip((*skips, 0), decoder):
+            blocks.append(_double_conv(cin + skip, cout))
+            cin = cout
+        self.decoder = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(cin, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        feats = self.encoder(x)
+        y = feats[-1]
+        for block, skip in zip(self.decoder, (*feats[-2::-1], None)):
+            y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+            y = block(y if skip is None else torch.cat((y, skip), dim=1))
+        return (self.head(y),)
