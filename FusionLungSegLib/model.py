@@ -41,6 +41,13 @@ def conv_bn_relu(cin: int, cout: int, kernel=3, padding=1) -> nn.Sequential:
 
 
 # ---------------------------------------------------------------- encoder
+def projection_shortcut(cin: int, cout: int, stride: int) -> nn.Sequential | None:
+    """ResNet's 1x1 convolution + batch norm on the identity path where the shape changes, else None."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class Bottleneck(nn.Module):
     """ResNet v1.5 bottleneck (stride on the 3x3 convolution)."""
 
@@ -56,9 +63,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = projection_shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
