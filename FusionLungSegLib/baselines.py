@@ -15,20 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import projection_shortcut
+from .model import conv_bn_relu, projection_shortcut
 
 __all__ = ["UNet", "ResNet18Encoder", "ResUNet18"]
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+    # Flat (conv, bn, relu) x 2, so the state-dict keys are those of one Sequential of six layers.
+    return nn.Sequential(*conv_bn_relu(cin, cout), *conv_bn_relu(cout, cout))
 
 
 class UNet(nn.Module):

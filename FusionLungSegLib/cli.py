@@ -27,14 +27,16 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
 
 
-def _add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="network arithmetic: auto = bf16 on CUDA and on CPUs with bf16 matrix units (amx_bf16, "
-        "avx512_bf16), fp32 elsewhere; bf16 on other CPUs works but is several times slower",
-    )
+_PRECISION_HELP = (
+    "network arithmetic: auto = bf16 on CUDA and on CPUs with bf16 matrix units (amx_bf16, "
+    "avx512_bf16), fp32 elsewhere; bf16 on other CPUs works but is several times slower"
+)
+
+
+def _add_precision(p: argparse.ArgumentParser, help_text: str = _PRECISION_HELP, backend: bool = True) -> None:
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help=help_text)
+    if not backend:
+        return
     p.add_argument(
         "--backend",
         choices=["auto", "torch", "onnxruntime"],
@@ -120,12 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, help="use only the first N slices (smoke runs)")
     t.add_argument("--time-limit", type=float, help="stop after the epoch that passes this many minutes")
     t.add_argument("--no-augment", action="store_true")
-    t.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="auto: bf16 autocast on CUDA and on CPUs with bf16 matrix units (AMX, AVX-512 BF16), else fp32; "
+    _add_precision(
+        t,
+        help_text="auto: bf16 autocast on CUDA and on CPUs with bf16 matrix units (AMX, AVX-512 BF16), else fp32; "
         "weights, optimizer and loss stay fp32",
+        backend=False,
     )
     t.add_argument("--no-amp", action="store_true", help="same as --precision fp32")
     t.add_argument(

@@ -175,14 +175,16 @@ def load_volume_slices(
     case: str | None = None,
     axial_only_with_lung: bool = False,
     slices=None,
+    lung_from_hu=None,
 ) -> SliceSet:
     """Read a CT volume (file or DICOM folder) and its lung mask as canonical axial slices.
 
     Slices are reoriented with :class:`geometry.AxialReorientation`; the mask is
     binarised (any non-zero label is lung).  ``mask_path`` None means "no lung"
-    (all-zero masks).  ``slices``: canonical indices to keep (0 = most
-    inferior).  Each slice's crop box comes from the volume's 3D body mask, as
-    at inference.
+    (all-zero masks), unless ``lung_from_hu(hu, spacing_zyx, body)`` derives the
+    mask from the canonical volume (e.g. :func:`hu_lung_mask`).  ``slices``:
+    canonical indices to keep (0 = most inferior).  Each slice's crop box comes
+    from the volume's 3D body mask, as at inference.
     """
     import SimpleITK as sitk
 
@@ -193,11 +195,14 @@ def load_volume_slices(
     img = read_image(image_path)
     reo = AxialReorientation.from_image(img)
     hu = reo.to_canonical(sitk.GetArrayViewFromImage(img)).astype(np.int16)
+    body = body_mask(hu, reo.spacing_zyx)
     if mask_path is not None:
         msk = read_image(mask_path)
         if img.GetSize() != msk.GetSize():
             raise ValueError(f"{mask_path}: mask size {msk.GetSize()} differs from image size {img.GetSize()}")
         lung = reo.to_canonical(sitk.GetArrayViewFromImage(msk)) > 0
+    elif lung_from_hu is not None:
+        lung = lung_from_hu(hu, reo.spacing_zyx, body)
     else:
         lung = np.zeros(hu.shape, bool)
     keep = np.arange(hu.shape[0]) if slices is None else np.asarray(list(slices), int)
@@ -205,7 +210,6 @@ def load_volume_slices(
         raise ValueError(f"{image_path}: slice numbers must lie in 0..{hu.shape[0] - 1}")
     if axial_only_with_lung:
         keep = keep[lung[keep].any(axis=(1, 2))]
-    body = body_mask(hu, reo.spacing_zyx)
     spacing_yx = reo.spacing_zyx[1:]
     case = case or Path(image_path).name.split(".")[0]
     return SliceSet(
@@ -240,12 +244,6 @@ def load_hu_labelled_slices(data_dir: str | Path | None = None) -> SliceSet:
     import json
     import warnings
 
-    import SimpleITK as sitk
-
-    from .body import body_mask, crop_box
-    from .geometry import AxialReorientation
-    from .io import read_image
-
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     catalogue = json.loads(Path(__file__).with_name("hu_labelled_slices.json").read_text())
     parts = []
@@ -254,24 +252,9 @@ def load_hu_labelled_slices(data_dir: str | Path | None = None) -> SliceSet:
         if not path.exists():
             warnings.warn(f"HU-labelled slices: {path} not found, skipped", stacklevel=2)
             continue
-        img = read_image(path)
-        reo = AxialReorientation.from_image(img)
-        hu = reo.to_canonical(sitk.GetArrayViewFromImage(img)).astype(np.int16)
-        body = body_mask(hu, reo.spacing_zyx)
-        lung = hu_lung_mask(hu, reo.spacing_zyx, body)
         keep = [z for first, last in entry["ranges"] for z in range(first, last + 1)]
         case = Path(entry["path"]).name.split(".")[0]
-        sp = reo.spacing_zyx[1:]
-        parts.append(
-            SliceSet(
-                np.ascontiguousarray(hu[keep]),
-                np.ascontiguousarray(lung[keep]),
-                [case] * len(keep),
-                [f"{case}_z{z:04d}" for z in keep],
-                [sp] * len(keep),
-                [crop_box(body[z], sp) for z in keep],
-            )
-        )
+        parts.append(load_volume_slices(path, None, case=case, slices=keep, lung_from_hu=hu_lung_mask))
     if not parts:
         return SliceSet(np.zeros((0, 1, 1), np.int16), np.zeros((0, 1, 1), bool), [], [])
     return concat_slice_sets(*parts)
