@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="hybrid",
         help="hybrid: 0.3 focal + 0.4 SSIM + 0.3 IoU (paper); bce",
     )
+    t.add_argument(
+        "--enhance",
+        action="store_true",
+        help="ablation: the paper's optional enhancement stage (median filter, local thresholding, removal of "
+        "table and artifacts outside the body) before the network; stored in the weights and applied at inference",
+    )
     t.add_argument("--export", help="after training, write the compact fp16 weights file here")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--log-every", type=int, default=0, help="print the running loss every N steps")
@@ -363,6 +369,7 @@ def _cmd_train(args) -> int:
         refinement=not args.no_refinement,
         deep_supervision=not args.no_deep_supervision,
         loss=args.loss,
+        enhance=args.enhance,
         log_every=args.log_every,
         val_sizes=tuple(args.val_sizes),
     )

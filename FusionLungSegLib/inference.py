@@ -26,7 +26,7 @@ from .hardware import resolve_precision
 from .model import build_model
 from .onnx_backend import OnnxRuntimeEngine, resolve_backend, weights_key
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess_with_report
-from .preprocess import HU_WINDOW, from_network, to_network
+from .preprocess import HU_WINDOW, enhance_slices, from_network, to_network
 from .terminology import LUNG_SEGMENTS
 from .train import resolve_device
 from .weights import load_weights
@@ -218,6 +218,8 @@ class LungSegmenter:
         crop = meta.get("body_crop") if body_crop is None else (BODY_CROP if body_crop else None)
         self.body_crop: dict | None = dict(crop) if crop else None
         self.skip_slices = skip_slices
+        #: the paper's enhancement stage before the network, when the weights were trained with it
+        self.enhance = bool(meta.get("enhancement"))
         #: "torch" or "onnxruntime"; "auto" until the first batch has been timed on both
         self.backend = resolve_backend(backend, self.device, self.precision)
         self._onnx = None
@@ -311,6 +313,8 @@ class LungSegmenter:
                 # One batch at a time, in its own dtype (int16 CT moves half the bytes of float32);
                 # windowing, resizing and thresholding run on the model's device.
                 batch = np.array(hu[index])
+                if self.enhance:
+                    batch = enhance_slices(batch)
                 if batch.dtype not in _TENSOR_DTYPES:
                     batch = batch.astype(np.float32)
                 batch = torch.from_numpy(batch)

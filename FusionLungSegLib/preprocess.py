@@ -22,6 +22,7 @@ __all__ = [
     "to_network",
     "from_network",
     "enhance_slice",
+    "enhance_slices",
 ]
 
 #: Default HU window (lower, upper) mapped to [0, 1].
@@ -196,3 +197,11 @@ def enhance_slice(hu: np.ndarray, median: int = 3, block: int = 51, air_hu: floa
     out = x.copy()
     out[inside == 0] = air_hu
     return out
+
+
+def enhance_slices(hu: np.ndarray) -> np.ndarray:
+    """:func:`enhance_slice` on every slice of (Z, H, W) HU; returns a new float32 array."""
+    hu = np.asarray(hu)
+    if hu.ndim != 3:
+        raise ValueError(f"expected slices (Z, H, W), got shape {hu.shape}")
+    return np.stack([enhance_slice(s) for s in hu]) if len(hu) else hu.astype(np.float32)

@@ -31,7 +31,7 @@ from .data import (
 from .losses import BCELoss, DeepSupervisionLoss, HybridLoss
 from .metrics import TABLE2_KEYS, table2_metrics
 from .model import ARCHITECTURES, build_model, count_parameters, load_encoder_weights
-from .preprocess import HU_WINDOW, from_network, mask_to_network, to_network
+from .preprocess import HU_WINDOW, enhance_slices, from_network, mask_to_network, to_network
 
 __all__ = ["TrainConfig", "learning_rate", "train", "export_weights", "predict_slices", "resolve_device"]
 
@@ -71,6 +71,7 @@ class TrainConfig:
     refinement: bool = True  # ablation: FusionLungNet without its residual refinement module
     deep_supervision: bool = True  # ablation: loss on the first output only
     loss: str = "hybrid"  # hybrid (0.3 focal + 0.4 SSIM + 0.3 IoU) or bce
+    enhance: bool = False  # the paper's optional enhancement stage before the network (also at inference)
     extra: dict = field(default_factory=dict)
 
 
@@ -202,6 +203,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if not cfg.body_crop:  # the volumes' boxes come with them; without the crop the whole slice is used
         for s in (free_set, free_val, base_set):
             s.boxes = [None] * len(s)
+    if cfg.enhance:  # boxes stay those of the raw slices, as at inference
+        for s in (train_set, val_set, free_set, free_val, base_set):
+            s.images = np.round(enhance_slices(s.images)).astype(np.int16) if len(s) else s.images
     (out / "split.json").write_text(
         json.dumps(
             {
@@ -436,6 +440,7 @@ def export_weights(checkpoint: str | Path, out_path: str | Path, extra_meta: dic
         "val_fraction": cfg.get("val_fraction"),
         "validation": list(state.get("validation", [])),
         "body_crop": dict(BODY_CROP) if cfg.get("body_crop", False) else None,
+        "enhancement": bool(cfg.get("enhance", False)),
         "lung_free_training_slices": list(state.get("lung_free_train", [])),
         "hu_labelled_training_slices": list(state.get("hu_labelled_train", [])),
         "weights_averaged": bool(state.get("ema")),

@@ -107,3 +107,44 @@ def test_refinement_ablation_is_for_fusionlungnet_only(tmp_path):
     cfg = TrainConfig(out_dir=str(tmp_path), arch="unet", refinement=False, device="cpu")
     with pytest.raises(ValueError, match="ablation of FusionLungNet"):
         train(cfg, progress=False)
+
+
+def test_enhancement_stage_is_stored_in_the_weights_and_applied_at_inference(tmp_path):
+    import numpy as np
+
+    from FusionLungSegLib.inference import LungSegmenter
+    from FusionLungSegLib.train import TrainConfig, export_weights, train
+
+    cfg = TrainConfig(
+        data=str(require(DATA / "finding-lungs-2d.tar.gz")),
+        out_dir=str(tmp_path / "run"),
+        epochs=1,
+        batch_size=2,
+        input_size=64,
+        limit=4,
+        val_fraction=0.25,
+        augment=False,
+        device="cpu",
+        lung_free_fraction=0.0,
+        hu_labelled=False,
+        arch="resunet18",
+        enhance=True,
+    )
+    train(cfg, progress=False)
+    exported = export_weights(tmp_path / "run" / "best.pt", tmp_path / "enhanced.pt")
+    assert exported["meta"]["enhancement"] is True
+    seg = LungSegmenter(exported["path"], device="cpu", progress=False, body_crop=False, backend="torch")
+    assert seg.enhance
+    seen = []
+    forward = seg._forward
+    seg._forward = lambda x: (seen.append(x.clone()), forward(x))[1]
+    hu = np.full((1, 128, 128), -1000, np.int16)
+    yy, xx = np.mgrid[:128, :128]
+    hu[0][((yy - 60) / 45) ** 2 + ((xx - 64) / 55) ** 2 < 1] = 40
+    hu[0, 114:122, 10:118] = 300  # the scanner table, apart from the body
+    seg.predict_canonical(hu, (1.0, 1.0))
+    seg.enhance = False
+    seg.predict_canonical(hu, (1.0, 1.0))
+    table = (slice(None), 0, 58, slice(8, 56))  # the table's rows at 64 px
+    assert float(seen[0][table].max()) < 0.01  # removed before the network: air
+    assert float(seen[1][table].min()) > 0.5  # without the stage the network sees it
