@@ -4,9 +4,10 @@ Both take (N, 1, H, W) normalised CT (H, W multiples of 32) and return a one-ele
 (N, 1, H, W) logits, the shape of FusionLungNet's first output, so training, inference and
 export treat every architecture alike.
 
-The ResNet-18 encoder keeps torchvision's attribute names (``conv1``, ``bn1``, ``layer1`` ...
-``layer4``, blocks with ``conv1``/``bn1``/``conv2``/``bn2``/``downsample``), so a locally stored
-torchvision state dict loads into it with :func:`model.load_encoder_weights`.
+The ResNet-18 encoder is torchvision's ``resnet18(weights=None)`` where torchvision is installed, else a
+built-in copy with torchvision's names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``, blocks with
+``conv1``/``bn1``/``conv2``/``bn2``/``downsample``; see :mod:`encoders`), so a weights file loads either
+way and a locally stored torchvision state dict loads with :func:`model.load_encoder_weights`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .encoders import TRUNK_MODULES, torchvision_trunk, use_torchvision
 from .model import conv_bn_relu, projection_shortcut
 
 __all__ = ["UNet", "ResNet18Encoder", "ResUNet18"]
@@ -76,8 +78,13 @@ class ResNet18Encoder(nn.Module):
 
     channels = (64, 64, 128, 256, 512)
 
-    def __init__(self, in_channels: int = 1):
+    def __init__(self, in_channels: int = 1, torchvision: bool | None = None):
         super().__init__()
+        if use_torchvision(torchvision):  # torchvision's constructor (see :mod:`encoders`)
+            trunk = torchvision_trunk(18, in_channels)
+            for name in TRUNK_MODULES:
+                setattr(self, name, getattr(trunk, name))
+            return
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)

@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--limit", type=int, help="with --slices: only the first N slices (quick checks)")
     v.add_argument("--json", help="write per-case rows and summary here")
     _add_device(v)
+    _add_precision(v, backend=False)
 
     b = sub.add_parser("bench", help="time the pipeline and the network; prints and writes JSON")
     b.add_argument("--input-size", type=int, default=320)
@@ -394,7 +395,7 @@ def _cmd_evaluate(args) -> int:
     if args.slices:
         from .data import load_finding_lungs, split_by_case
 
-        seg = _segmenter(args, device=args.device, input_size=args.input_size, progress=False)
+        seg = _segmenter(args, device=args.device, input_size=args.input_size, progress=False, precision=args.precision)
         data = load_finding_lungs(args.data)
         if args.slices == "all":
             subset = data

@@ -5,9 +5,10 @@ multiples of 32 (160 and 320 are the sizes used here).  Output: a tuple of five
 logit maps, each (N, 1, H, W): the refined map first, then the four side
 outputs used for deep supervision (finest to coarsest).
 
-The encoder keeps torchvision's ResNet-50 attribute names (``conv1``, ``bn1``,
-``layer1`` ... ``layer4``) so that a locally stored torchvision ImageNet
-state dict loads with :func:`load_encoder_weights`.
+The encoder is torchvision's ResNet-50 where torchvision is installed, else a
+built-in copy with the same names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``;
+see :mod:`encoders`), so a weights file loads either way and a locally stored
+torchvision ImageNet state dict loads with :func:`load_encoder_weights`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .encoders import TRUNK_MODULES, torchvision_trunk, use_torchvision
 
 __all__ = [
     "FusionLungNet",
@@ -80,8 +83,13 @@ class ResNet50Encoder(nn.Module):
     1024 at 1/16 and 2048 at 1/32 of the input size.
     """
 
-    def __init__(self, in_channels: int = 1):
+    def __init__(self, in_channels: int = 1, torchvision: bool | None = None):
         super().__init__()
+        if use_torchvision(torchvision):  # torchvision's constructor (see :mod:`encoders`)
+            trunk = torchvision_trunk(50, in_channels)
+            for name in TRUNK_MODULES:
+                setattr(self, name, getattr(trunk, name))
+            return
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)

@@ -1,7 +1,7 @@
 """Score the pipeline on every real dev volume: Dice/HD95 where lung labels exist, mL of lung on the
 recorded lung-free slices, the QC verdict, and an axial strip PNG of each volume.
 
-    python bench/dev_volumes.py --out runs/dev [--weights FILE] [--input-size N] [--data DIR]
+    python bench/dev_volumes.py --out runs/dev [--weights FILE] [--input-size N] [--precision P] [--data DIR]
     python bench/dev_volumes.py --out runs/dev --labels-dir DIR   # score label maps made earlier
 
 ``--labels-dir`` reads ``DIR/<name>_lungs.nii.gz`` instead of segmenting (e.g. an older version's output).
@@ -55,6 +55,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--input-size", type=int)
     ap.add_argument("--method", choices=("network", "hu-threshold"), default="network", help="hu-threshold: baseline")
     ap.add_argument("--labels-dir", help="score <name>_lungs.nii.gz label maps from this folder instead")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     args = ap.parse_args(argv)
     data = Path(args.data) if args.data else default_data_dir()
     out = Path(args.out)
@@ -67,7 +68,9 @@ def main(argv=None) -> dict:
         if args.method == "hu-threshold":
             seg = HUThresholdSegmenter()
         else:
-            seg = LungSegmenter(args.weights, device="cpu", input_size=args.input_size, progress=False)
+            seg = LungSegmenter(
+                args.weights, device="cpu", input_size=args.input_size, progress=False, precision=args.precision
+            )
     rows = {}
     for name, (ct_path, ref_path) in VOLUMES.items():
         if not (data / ct_path).exists():

@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# The CPU figures in bench/README.md, in one run (nothing else running; about 40 minutes on 2 cores).
+# The CPU figures in bench/README.md, in one run (nothing else running; 25-40 minutes on 2 cores).
 # Needs the bench and onnx extras: pip install -e ".[bench,onnx]"
+#   bash bench/run_cpu.sh                                   # AVX2-only CPU: fp32, ONNX Runtime vs PyTorch
+#   PREFIX=bf16cpu SIZES="160 224 320" ALT="--precision fp32" ALT_NAME=fp32 bash bench/run_cpu.sh  # bf16 units
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=".venv/bin/fusionlungseg bench --device cpu --threads 2"
 DEV=${DEV:-../shared/data/dev}
+P=${PREFIX:-cpu}
+SIZES=${SIZES:-160 224}
+ALT=${ALT:---backend torch}  # the second 160 px row: plain PyTorch (fp32 CPUs) or fp32 (CPUs with bf16 units)
+ALT_NAME=${ALT_NAME:-torch}
 # Real volumes, abdomen to neck, side by side with lungmask in the same run (ratio = lungmask seconds / ours):
-# the bundled model at its default size (224 px) and in fast mode (160 px), with the engine auto picks
-# (ONNX Runtime where it is installed and faster) and with plain PyTorch.
+# the bundled model at each size with the engine and precision auto picks, then the ALT row.
 for vol in C3N-00247_chest_ct NSCLCRadiomics_LUNG1-001_CT; do
   f="$DEV/$vol.nii.gz"
   [ -e "$f" ] || continue
-  $B --input "$f" --input-size 160 --compare-lungmask --json "bench/cpu_160_${vol%%_*}_vs_lungmask.json"
-  $B --input "$f" --input-size 224 --compare-lungmask --json "bench/cpu_224_${vol%%_*}_vs_lungmask.json"
-  $B --input "$f" --input-size 160 --backend torch --json "bench/cpu_160_${vol%%_*}_torch.json"
+  for s in $SIZES; do
+    $B --input "$f" --input-size "$s" --compare-lungmask --json "bench/${P}_${s}_${vol%%_*}_vs_lungmask.json"
+  done
+  $B --input "$f" --input-size 160 $ALT --json "bench/${P}_160_${vol%%_*}_${ALT_NAME}.json"
 done
 # Whole 300-slice synthetic volume: time and peak memory.
-$B --input-size 160 --slices 300 --json bench/cpu_160.json
-$B --input-size 224 --slices 300 --json bench/cpu_224.json
+for s in $SIZES; do
+  $B --input-size "$s" --slices 300 --json "bench/${P}_${s}.json"
+done
