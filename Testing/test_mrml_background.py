@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from conftest import ThresholdNet, make_phantom
 from mrml_fixtures import shared_session, slicer
 
+from FusionLungSegLib.hardware import resolve_precision
 from FusionLungSegLib.inference import LungSegmenter
 from FusionLungSegLib.mrml import (
     CANCELLING,
@@ -109,7 +110,8 @@ def test_compute_in_a_worker_while_the_main_thread_waits_then_apply(logic, volum
     assert logic.lung_volumes_ml(node) == pytest.approx(reference_volumes)
     assert node is not reference and node.GetSegmentation().GetNumberOfSegments() == 2
     computed = logic.last_result
-    assert computed.label_image is logic.last_label_image and computed.precision == "fp32"
+    used = resolve_precision("auto", "cpu", warn=False)  # bf16 on CPUs with bf16 units, else fp32
+    assert computed.label_image is logic.last_label_image and computed.precision == used
     assert computed.device == "cpu" and computed.seconds >= 0
 
 

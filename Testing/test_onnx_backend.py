@@ -90,8 +90,12 @@ def test_weights_key(random_weights):
 
 @needs_ort
 def test_onnxruntime_matches_torch_and_the_graph_is_cached_by_weights(cache):
-    torch_seg = LungSegmenter(model=SmallNet(), device="cpu", input_size=64, progress=False, backend="torch")
-    ort_seg = LungSegmenter(model=SmallNet(), device="cpu", input_size=64, progress=False, backend="onnxruntime")
+    torch_seg = LungSegmenter(
+        model=SmallNet(), device="cpu", precision="fp32", input_size=64, progress=False, backend="torch"
+    )
+    ort_seg = LungSegmenter(
+        model=SmallNet(), device="cpu", precision="fp32", input_size=64, progress=False, backend="onnxruntime"
+    )
     assert ort_seg.backend == "onnxruntime" and torch_seg._onnx is None
     for size in (64, 96):  # one graph, any multiple of 32
         x = torch.rand(3, 1, size, size)
@@ -99,7 +103,9 @@ def test_onnxruntime_matches_torch_and_the_graph_is_cached_by_weights(cache):
     graphs = list(cache.glob("*.onnx"))
     assert len(graphs) == 1 and OB.state_sha256(ort_seg.model) in graphs[0].name
     mtime = graphs[0].stat().st_mtime_ns
-    again = LungSegmenter(model=SmallNet(), device="cpu", input_size=64, progress=False, backend="onnxruntime")
+    again = LungSegmenter(
+        model=SmallNet(), device="cpu", precision="fp32", input_size=64, progress=False, backend="onnxruntime"
+    )
     again._forward(torch.rand(1, 1, 64, 64))
     assert [p.stat().st_mtime_ns for p in cache.glob("*.onnx")] == [mtime]  # reused, not exported again
     assert not list(cache.glob(".tmp-*"))
@@ -116,7 +122,7 @@ class FakeClock:
 @needs_ort
 @pytest.mark.parametrize("torch_s, ort_s, expected", [(0.3, 0.2, "onnxruntime"), (0.2, 0.3, "torch")])
 def test_auto_keeps_the_faster_engine_and_remembers(cache, torch_s, ort_s, expected):
-    seg = LungSegmenter(model=SmallNet(), device="cpu", input_size=64, batch_size=2, progress=False)
+    seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
     assert seg.backend == "auto"
     engine, clock = seg._onnx, FakeClock()
     engine.clock = clock
@@ -140,7 +146,7 @@ def test_auto_keeps_the_faster_engine_and_remembers(cache, torch_s, ort_s, expec
     (entry,) = verdicts.values()
     assert entry["backend"] == expected
     # A new segmenter on this machine takes the stored verdict without measuring again.
-    later = LungSegmenter(model=SmallNet(), device="cpu", input_size=64, batch_size=2, progress=False)
+    later = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
     calls.clear()
     later._forward(torch.rand(2, 1, 64, 64))
     assert later.backend == expected and later._onnx.measured is None
@@ -150,7 +156,7 @@ def test_auto_keeps_the_faster_engine_and_remembers(cache, torch_s, ort_s, expec
 def test_bench_compares_engines_side_by_side(cache, tmp_path):
     from FusionLungSegLib import bench
 
-    seg = LungSegmenter(model=SmallNet(), device="cpu", input_size=64, batch_size=2, progress=False)
+    seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
     result = bench.compare_backends(seg, repeats=2)
     assert set(result) == {
         "input_size",
@@ -163,7 +169,9 @@ def test_bench_compares_engines_side_by_side(cache, tmp_path):
     }
     assert result["max_probability_difference"] < 1e-5
     with pytest.raises(RuntimeError, match="fp32"):
-        bench.compare_backends(LungSegmenter(model=SmallNet(), device="cpu", progress=False, backend="torch"))
+        bench.compare_backends(
+            LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", progress=False, backend="torch")
+        )
 
 
 # ---------------------------------------------------------------- masks with the bundled weights

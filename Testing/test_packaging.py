@@ -85,10 +85,10 @@ def fresh_venv(wheel, tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("venv") / "env"
     r = _run([sys.executable, "-m", "venv", venv], cwd=venv.parent)
     assert r.returncode == 0, r.stderr
-    # torch pinned to this environment's release, as the README pins it; the rest as pip resolves it.
-    r = _run(
-        [_bin(venv, "python"), "-m", "pip", "install", "-q", f"torch=={torch.__version__}", wheel], cwd=venv.parent
-    )
+    # torch pinned to this environment's release, as the README pins it (without a local label such as +cu130,
+    # which the wheel's own metadata may not carry); the rest as pip resolves it.
+    release = torch.__version__.split("+")[0]
+    r = _run([_bin(venv, "python"), "-m", "pip", "install", "-q", f"torch=={release}", wheel], cwd=venv.parent)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return venv
 

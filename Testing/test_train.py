@@ -182,9 +182,12 @@ def test_one_step_lowers_the_loss_on_a_tiny_batch(precision):
 
 def test_precision_and_cpu_are_logged_and_recorded(run):
     cfg, result = run
+    from FusionLungSegLib.hardware import resolve_precision
+
+    used = resolve_precision("auto", torch.device("cpu"), warn=False)  # bf16 on CPUs with bf16 units, else fp32
     state = torch.load(result["last"], weights_only=True)
-    assert state["machine"]["precision"] == "fp32" and state["machine"]["cpu"]
-    assert result["history"][-1]["precision"] == "fp32"
+    assert state["machine"]["precision"] == used and state["machine"]["cpu"]
+    assert result["history"][-1]["precision"] == used
 
 
 def test_fine_tuning_refuses_a_split_whose_validation_the_weights_trained_on(run, tmp_path):
