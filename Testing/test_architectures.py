@@ -53,20 +53,11 @@ def test_ablation_losses():
     assert BCELoss()(good, target) < 0.01 < BCELoss()(bad, target)
 
 
-@pytest.mark.parametrize(
-    "arch, flags",
-    [
-        ("unet", {}),
-        ("resunet18", {}),
-        ("fusionlungnet", {"refinement": False, "deep_supervision": False, "loss": "bce"}),
-    ],
-)
-def test_train_a_step_export_and_segment_without_naming_the_architecture_again(arch, flags, tmp_path):
-    from FusionLungSegLib.inference import LungSegmenter
-    from FusionLungSegLib.io import read_image
-    from FusionLungSegLib.train import TrainConfig, export_weights, train
+def _tiny_run_config(tmp_path, **options):
+    """One epoch on four real slices at 64 px, into ``tmp_path/run``."""
+    from FusionLungSegLib.train import TrainConfig
 
-    cfg = TrainConfig(
+    return TrainConfig(
         data=str(require(DATA / "finding-lungs-2d.tar.gz")),
         out_dir=str(tmp_path / "run"),
         epochs=1,
@@ -78,9 +69,24 @@ def test_train_a_step_export_and_segment_without_naming_the_architecture_again(a
         device="cpu",
         lung_free_fraction=0.0,
         hu_labelled=False,
-        arch=arch,
-        **flags,
+        **options,
     )
+
+
+@pytest.mark.parametrize(
+    "arch, flags",
+    [
+        ("unet", {}),
+        ("resunet18", {}),
+        ("fusionlungnet", {"refinement": False, "deep_supervision": False, "loss": "bce"}),
+    ],
+)
+def test_train_a_step_export_and_segment_without_naming_the_architecture_again(arch, flags, tmp_path):
+    from FusionLungSegLib.inference import LungSegmenter
+    from FusionLungSegLib.io import read_image
+    from FusionLungSegLib.train import export_weights, train
+
+    cfg = _tiny_run_config(tmp_path, arch=arch, **flags)
     result = train(cfg, progress=False)
     assert len(result["history"]) == 1 and result["history"][0]["train_loss"] > 0
     exported = export_weights(tmp_path / "run" / "best.pt", tmp_path / f"{arch}.pt")
@@ -113,23 +119,9 @@ def test_enhancement_stage_is_stored_in_the_weights_and_applied_at_inference(tmp
     import numpy as np
 
     from FusionLungSegLib.inference import LungSegmenter
-    from FusionLungSegLib.train import TrainConfig, export_weights, train
+    from FusionLungSegLib.train import export_weights, train
 
-    cfg = TrainConfig(
-        data=str(require(DATA / "finding-lungs-2d.tar.gz")),
-        out_dir=str(tmp_path / "run"),
-        epochs=1,
-        batch_size=2,
-        input_size=64,
-        limit=4,
-        val_fraction=0.25,
-        augment=False,
-        device="cpu",
-        lung_free_fraction=0.0,
-        hu_labelled=False,
-        arch="resunet18",
-        enhance=True,
-    )
+    cfg = _tiny_run_config(tmp_path, arch="resunet18", enhance=True)
     train(cfg, progress=False)
     exported = export_weights(tmp_path / "run" / "best.pt", tmp_path / "enhanced.pt")
     assert exported["meta"]["enhancement"] is True
