@@ -108,6 +108,17 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def _resnet_trunk_source() -> str:
+    """ "torchvision X.Y.Z" or "built-in": where this run's ResNet trunk comes from (see :mod:`encoders`)."""
+    from .encoders import use_torchvision
+
+    if use_torchvision():
+        import torchvision
+
+        return f"torchvision {torchvision.__version__}"
+    return "built-in"
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -281,6 +292,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "cpu": cpu["name"],
         "cpu_isa": cpu["isa"],
         "cpu_bf16_flags": cpu["bf16_flags"],
+        # the ResNet trunk's source decides its initial weights (torchvision's init or PyTorch's defaults)
+        "resnet_trunk": _resnet_trunk_source() if cfg.arch in ("fusionlungnet", "resunet18") else None,
     }
     print(f"training in {precision} on {device} ({cpu.get('name')})", flush=True)
     sizes = [cfg.input_size]

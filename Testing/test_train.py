@@ -187,6 +187,9 @@ def test_precision_and_cpu_are_logged_and_recorded(run):
     used = resolve_precision("auto", torch.device("cpu"), warn=False)  # bf16 on CPUs with bf16 units, else fp32
     state = torch.load(result["last"], weights_only=True)
     assert state["machine"]["precision"] == used and state["machine"]["cpu"]
+    from FusionLungSegLib.encoders import use_torchvision
+
+    assert state["machine"]["resnet_trunk"].startswith("torchvision" if use_torchvision() else "built-in")
     assert result["history"][-1]["precision"] == used
 
 
