@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import TRUNK_MODULES, torchvision_trunk, use_torchvision
+from .encoders import ResNetTrunk
 from .model import conv_bn_relu, projection_shortcut
 
 __all__ = ["UNet", "ResNet18Encoder", "ResUNet18"]
@@ -72,35 +72,19 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet18Encoder(nn.Module):
-    """ResNet-18 trunk for single-channel input: feature maps of 64 ch at 1/2 and 1/4, 128 at 1/8,
-    256 at 1/16 and 512 at 1/32 of the input size."""
+class ResNet18Encoder(ResNetTrunk):
+    """ResNet-18 trunk for single-channel input (torchvision's, or the built-in copy: :mod:`encoders`):
+    feature maps of 64 ch at 1/2 and 1/4, 128 at 1/8, 256 at 1/16 and 512 at 1/32 of the input size."""
 
+    depth = 18
     channels = (64, 64, 128, 256, 512)
 
-    def __init__(self, in_channels: int = 1, torchvision: bool | None = None):
-        super().__init__()
-        if use_torchvision(torchvision):  # torchvision's constructor (see :mod:`encoders`)
-            trunk = torchvision_trunk(18, in_channels)
-            for name in TRUNK_MODULES:
-                setattr(self, name, getattr(trunk, name))
-            return
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+    def builtin_stages(self) -> list[nn.Module]:
         cin, layers = 64, []
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout)))
             cin = cout
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        e1 = self.relu(self.bn1(self.conv1(x)))
-        e2 = self.layer1(self.maxpool(e1))
-        e3 = self.layer2(e2)
-        e4 = self.layer3(e3)
-        return [e1, e2, e3, e4, self.layer4(e4)]
+        return layers
 
 
 class ResUNet18(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import TRUNK_MODULES, torchvision_trunk, use_torchvision
+from .encoders import ResNetTrunk
 
 __all__ = [
     "FusionLungNet",
@@ -76,41 +76,24 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet50Encoder(nn.Module):
-    """ResNet-50 trunk for single-channel input.
+class ResNet50Encoder(ResNetTrunk):
+    """ResNet-50 trunk for single-channel input (torchvision's, or the built-in copy: :mod:`encoders`).
 
     Returns five feature maps: 64 ch at 1/2, 256 at 1/4, 512 at 1/8,
     1024 at 1/16 and 2048 at 1/32 of the input size.
     """
 
-    def __init__(self, in_channels: int = 1, torchvision: bool | None = None):
-        super().__init__()
-        if use_torchvision(torchvision):  # torchvision's constructor (see :mod:`encoders`)
-            trunk = torchvision_trunk(50, in_channels)
-            for name in TRUNK_MODULES:
-                setattr(self, name, getattr(trunk, name))
-            return
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        cin = 64
-        layers = []
+    depth = 50
+
+    def builtin_stages(self) -> list[nn.Module]:
+        cin, layers = 64, []
         for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
             stage = []
             for i in range(blocks):
                 stage.append(Bottleneck(cin, width, stride if i == 0 else 1))
                 cin = width * Bottleneck.expansion
             layers.append(nn.Sequential(*stage))
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        e1 = self.relu(self.bn1(self.conv1(x)))
-        e2 = self.layer1(self.maxpool(e1))
-        e3 = self.layer2(e2)
-        e4 = self.layer3(e3)
-        e5 = self.layer4(e4)
-        return [e1, e2, e3, e4, e5]
+        return layers
 
 
 def load_encoder_weights(encoder: ResNet50Encoder, path: str | Path) -> list[str]:

@@ -28,6 +28,7 @@ from .data import (
     load_lung_free_slices,
     split_by_case,
 )
+from .encoders import trunk_source
 from .losses import BCELoss, DeepSupervisionLoss, HybridLoss
 from .metrics import TABLE2_KEYS, table2_metrics
 from .model import ARCHITECTURES, build_model, count_parameters, load_encoder_weights
@@ -106,17 +107,6 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
         return cfg.lr
     t = (epoch - cfg.decay_from + 1) / (cfg.epochs - cfg.decay_from)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def _resnet_trunk_source() -> str:
-    """ "torchvision X.Y.Z" or "built-in": where this run's ResNet trunk comes from (see :mod:`encoders`)."""
-    from .encoders import use_torchvision
-
-    if use_torchvision():
-        import torchvision
-
-        return f"torchvision {torchvision.__version__}"
-    return "built-in"
 
 
 def _seed_everything(seed: int) -> None:
@@ -293,7 +283,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "cpu_isa": cpu["isa"],
         "cpu_bf16_flags": cpu["bf16_flags"],
         # the ResNet trunk's source decides its initial weights (torchvision's init or PyTorch's defaults)
-        "resnet_trunk": _resnet_trunk_source() if cfg.arch in ("fusionlungnet", "resunet18") else None,
+        "resnet_trunk": trunk_source(getattr(model, "encoder", None)),
     }
     print(f"training in {precision} on {device} ({cpu.get('name')})", flush=True)
     sizes = [cfg.input_size]
