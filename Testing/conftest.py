@@ -33,6 +33,27 @@ def require(path: Path) -> Path:
     return path
 
 
+def tiny_train_config(out_dir, **options):
+    """A TrainConfig for smoke runs on real slices: one epoch on the first four Kaggle slices at 64 px, on the
+    CPU, without augmentation, lung-free or HU-labelled slices; ``options`` override any field."""
+    from FusionLungSegLib.train import TrainConfig
+
+    settings = dict(
+        data=str(require(DATA / "finding-lungs-2d.tar.gz")),
+        out_dir=str(out_dir),
+        epochs=1,
+        batch_size=2,
+        input_size=64,
+        limit=4,
+        val_fraction=0.25,
+        augment=False,
+        device="cpu",
+        lung_free_fraction=0.0,
+        hu_labelled=False,
+    )
+    return TrainConfig(**{**settings, **options})
+
+
 class ThresholdNet(nn.Module):
     """Stand-in network for geometry tests: 'lung' wherever the windowed input is dark.
 

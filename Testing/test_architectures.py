@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import DATA, SAMPLE_DICOM, require
+from conftest import SAMPLE_DICOM, tiny_train_config
 
 from FusionLungSegLib.losses import BCELoss, DeepSupervisionLoss, HybridLoss
 from FusionLungSegLib.model import ARCHITECTURES, FusionLungNet, build_model, count_parameters
@@ -53,26 +53,6 @@ def test_ablation_losses():
     assert BCELoss()(good, target) < 0.01 < BCELoss()(bad, target)
 
 
-def _tiny_run_config(tmp_path, **options):
-    """One epoch on four real slices at 64 px, into ``tmp_path/run``."""
-    from FusionLungSegLib.train import TrainConfig
-
-    return TrainConfig(
-        data=str(require(DATA / "finding-lungs-2d.tar.gz")),
-        out_dir=str(tmp_path / "run"),
-        epochs=1,
-        batch_size=2,
-        input_size=64,
-        limit=4,
-        val_fraction=0.25,
-        augment=False,
-        device="cpu",
-        lung_free_fraction=0.0,
-        hu_labelled=False,
-        **options,
-    )
-
-
 @pytest.mark.parametrize(
     "arch, flags",
     [
@@ -86,7 +66,7 @@ def test_train_a_step_export_and_segment_without_naming_the_architecture_again(a
     from FusionLungSegLib.io import read_image
     from FusionLungSegLib.train import export_weights, train
 
-    cfg = _tiny_run_config(tmp_path, arch=arch, **flags)
+    cfg = tiny_train_config(tmp_path / "run", arch=arch, **flags)
     result = train(cfg, progress=False)
     assert len(result["history"]) == 1 and result["history"][0]["train_loss"] > 0
     exported = export_weights(tmp_path / "run" / "best.pt", tmp_path / f"{arch}.pt")
@@ -121,7 +101,7 @@ def test_enhancement_stage_is_stored_in_the_weights_and_applied_at_inference(tmp
     from FusionLungSegLib.inference import LungSegmenter
     from FusionLungSegLib.train import export_weights, train
 
-    cfg = _tiny_run_config(tmp_path, arch="resunet18", enhance=True)
+    cfg = tiny_train_config(tmp_path / "run", arch="resunet18", enhance=True)
     train(cfg, progress=False)
     exported = export_weights(tmp_path / "run" / "best.pt", tmp_path / "enhanced.pt")
     assert exported["meta"]["enhancement"] is True

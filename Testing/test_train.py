@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import DATA, require
+from conftest import DATA, require, tiny_train_config
 
 from FusionLungSegLib.train import TrainConfig, export_weights, train
 from FusionLungSegLib.weights import load_weights
@@ -15,19 +15,8 @@ from FusionLungSegLib.weights import load_weights
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(
-        data=str(require(DATA / "finding-lungs-2d.tar.gz")),
-        out_dir=str(out),
-        epochs=4,
-        batch_size=3,
-        input_size=64,
-        limit=8,
-        val_fraction=0.25,
-        augment=False,
-        device="cpu",
-        lung_free_fraction=0.0,  # the real volumes have their own test below
-        hu_labelled=False,
-    )
+    # without lung-free slices: the real volumes have their own test below
+    cfg = tiny_train_config(out, epochs=4, batch_size=3, limit=8)
     return cfg, train(cfg, progress=False)
 
 
@@ -135,17 +124,7 @@ def test_lung_free_slices_join_every_batch_with_an_empty_target(tmp_path):
     assert not set(bases.cases) & {"NSCLCRadiomics_LUNG1-001_CT"}  # the held-out volume stays out
     held_out = load_lung_free_slices(DATA, "held-out")
     assert set(held_out.cases) == {"NSCLCRadiomics_LUNG1-001_CT"} and len(held_out) == 41
-    cfg = TrainConfig(
-        data=str(DATA / "finding-lungs-2d.tar.gz"),
-        out_dir=str(tmp_path),
-        epochs=1,
-        batch_size=4,
-        input_size=64,
-        limit=4,
-        val_fraction=0.25,
-        device="cpu",
-        lung_free_fraction=0.25,
-    )
+    cfg = tiny_train_config(tmp_path, batch_size=4, augment=True, lung_free_fraction=0.25, hu_labelled=True)
     result = train(cfg, progress=False)
     assert result["lung_free_slices"] == 21 and result["hu_labelled_slices"] == 32
     assert 0.0 <= result["history"][0]["val_lung_free_fraction"] <= 1.0
