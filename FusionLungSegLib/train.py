@@ -1,7 +1,8 @@
 """Training loop: Adam, hybrid loss with deep supervision, checkpoints, resume, validation.
 
-Writes into ``out_dir``: ``last.pt`` (full state, every epoch), ``best.pt``
-(best validation IoU), ``log.jsonl`` and ``log.csv`` (one row per epoch) and,
+Writes into ``out_dir``: ``last.pt`` (full state to resume from, every epoch),
+``best.pt`` (the weights and settings of the best validation IoU, without the optimizer
+and random states, which only resuming needs), ``log.jsonl`` and ``log.csv`` (one row per epoch) and,
 via :func:`export_weights`, a compact fp16 inference file.
 """
 
@@ -370,8 +371,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             "machine": machine,
         }
         _atomic_save(state, last_path)
-        if improved:
-            _atomic_save(state, best_path)
+        if improved:  # resuming reads last.pt only, so best.pt leaves out the optimizer: a third of the size
+            _atomic_save({k: v for k, v in state.items() if k not in _RESUME_ONLY}, best_path)
         _write_logs(out, history)
         from .curves import plot_training_curves
 
@@ -398,6 +399,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "hu_labelled_slices": len(base_set),
         "val_slices": len(val_set),
     }
+
+
+_RESUME_ONLY = ("optimizer", "generator", "torch_rng")
 
 
 def _atomic_save(obj, path: Path) -> None:

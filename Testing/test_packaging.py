@@ -1,7 +1,7 @@
 """`pip install <checkout>` (not editable) carries the model, sample CT and Slicer resources.
 
 Builds the wheel from a copy of the checkout in a temporary folder, installs it in a
-fresh virtual environment (torch from the same release as this one, the other
+fresh virtual environment (torch as the README's first command pins it, the other
 dependencies from the package index), and segments the installed sample from another
 working folder, with neither the checkout nor PYTHONPATH on the path.  About two
 minutes, most of it installing torch.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,17 +79,24 @@ def wheel(checkout_copy) -> Path:
     return whl
 
 
+def readme_segment_torch_pin() -> str:
+    """The torch pin of the README's first command (install and segment the sample), e.g. ``torch==2.13.0``."""
+    for line in (REPO / "README.md").read_text().splitlines():
+        if "fusionlungseg segment" in line and "pip install" in line:
+            found = re.search(r"torch==[0-9][0-9.]*", line)
+            assert found, f"the README's segment command pins no torch release: {line}"
+            return found.group(0)
+    raise AssertionError("README.md has no command that installs and runs `fusionlungseg segment`")
+
+
 @pytest.fixture(scope="module")
 def fresh_venv(wheel, tmp_path_factory) -> Path:
-    import torch
-
     venv = tmp_path_factory.mktemp("venv") / "env"
     r = _run([sys.executable, "-m", "venv", venv], cwd=venv.parent)
     assert r.returncode == 0, r.stderr
-    # torch pinned to this environment's release, as the README pins it (without a local label such as +cu130,
-    # which the wheel's own metadata may not carry); the rest as pip resolves it.
-    release = torch.__version__.split("+")[0]
-    r = _run([_bin(venv, "python"), "-m", "pip", "install", "-q", f"torch=={release}", wheel], cwd=venv.parent)
+    # A new user's install: torch as the README's first command pins it (the CPU build of about 1 GB, where this
+    # environment may hold a 5 GB CUDA build for torchvision), the rest as pip resolves it.
+    r = _run([_bin(venv, "python"), "-m", "pip", "install", "-q", readme_segment_torch_pin(), wheel], cwd=venv.parent)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return venv
 

@@ -38,6 +38,11 @@ def test_logs_split_and_checkpoints_are_written(run):
         assert (out / name).is_file(), name
     split = json.loads((out / "split.json").read_text())
     assert len(split["validation"]) == 2 and not set(split["train"]) & set(split["validation"])
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    assert {"optimizer", "generator", "torch_rng"} <= set(last)  # what --resume needs
+    assert not {"optimizer", "generator", "torch_rng"} & set(best)  # best.pt: weights and settings only
+    assert {"model", "config", "history", "machine"} <= set(best)
 
 
 def test_resume_continues_from_the_last_epoch(run):
