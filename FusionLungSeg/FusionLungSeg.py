@@ -195,7 +195,7 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.clear()
         self.ui.deviceComboBox.addItems(["auto", "cuda", "cpu"])
         self.ui.precisionComboBox.clear()
-        self.ui.precisionComboBox.addItems(["auto", "fp32", "bf16"])
+        self.ui.precisionComboBox.addItems(["auto", "fp32", "bf16", "int8"])
         self.logic = FusionLungSegLogic()
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)

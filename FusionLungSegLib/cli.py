@@ -28,13 +28,19 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 
 _PRECISION_HELP = (
-    "network arithmetic: auto = bf16 on CUDA and on CPUs with bf16 matrix units (amx_bf16, "
-    "avx512_bf16), fp32 elsewhere; bf16 on other CPUs works but is several times slower"
+    "network arithmetic: auto = bf16 on CUDA; on the CPU bf16 where it has bf16 matrix units (amx_bf16, "
+    "avx512_bf16), else fp32, or int8 in ONNX Runtime (when installed, at a size the weights were trained at) "
+    "where that runs faster on this machine, measured on the first batch and remembered; int8 = ONNX Runtime "
+    "on the CPU with a statically quantized graph (pip install 'fusionlungseg[onnx]'); bf16 on CPUs without "
+    "bf16 units works but is several times slower"
 )
 
 
-def _add_precision(p: argparse.ArgumentParser, help_text: str = _PRECISION_HELP, backend: bool = True) -> None:
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help=help_text)
+def _add_precision(
+    p: argparse.ArgumentParser, help_text: str = _PRECISION_HELP, backend: bool = True, int8: bool = True
+) -> None:
+    choices = ["auto", "fp32", "bf16"] + (["int8"] if int8 else [])
+    p.add_argument("--precision", choices=choices, default="auto", help=help_text)
     if not backend:
         return
     p.add_argument(
@@ -42,7 +48,7 @@ def _add_precision(p: argparse.ArgumentParser, help_text: str = _PRECISION_HELP,
         choices=["auto", "torch", "onnxruntime"],
         default="auto",
         help="engine for the network: auto = ONNX Runtime when it is installed (pip install "
-        "'fusionlungseg[onnx]') and measured faster on this machine (CPU, fp32), else torch",
+        "'fusionlungseg[onnx]') and measured faster on this machine (CPU, fp32 or int8), else torch",
     )
 
 
@@ -127,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         help_text="auto: bf16 autocast on CUDA and on CPUs with bf16 matrix units (AMX, AVX-512 BF16), else fp32; "
         "weights, optimizer and loss stay fp32",
         backend=False,
+        int8=False,
     )
     t.add_argument("--no-amp", action="store_true", help="same as --precision fp32")
     t.add_argument(

@@ -24,7 +24,7 @@ from .body import BODY_CROP, body_mask, crop_box, slices_that_may_hold_lung
 from .geometry import AxialReorientation
 from .hardware import resolve_precision
 from .model import build_model
-from .onnx_backend import OnnxRuntimeEngine, resolve_backend, weights_key
+from .onnx_backend import OnnxRuntimeEngine, requested_backend, resolve_backend, weights_key
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess_with_report
 from .preprocess import HU_WINDOW, enhance_slices, from_network, to_network
 from .terminology import LUNG_SEGMENTS
@@ -143,10 +143,13 @@ class LungSegmenter:
             weights were trained, from their metadata).
         skip_slices: skip the network on slices far from any lung-sized air inside the body
             (neck, abdomen, pelvis); see :func:`body.slices_that_may_hold_lung`.
-        precision: "auto" (bf16 on CUDA and on CPUs with bf16 matrix units, else fp32),
-            "fp32" or "bf16" (bf16 autocast around the forward pass; probabilities stay fp32).
+        precision: "auto", "fp32", "bf16" (bf16 autocast around the forward pass; probabilities
+            stay fp32) or "int8" (ONNX Runtime on the CPU, a statically quantized graph; needs the
+            ``onnx`` extra). ``auto``: bf16 on CUDA; on the CPU, bf16 where it has bf16 matrix units,
+            else fp32, and, with onnxruntime installed and weights used at a size they were trained
+            at, int8 instead when it runs the first batch faster (remembered per machine).
             bf16 on a CPU without bf16 units works but warns: it is several times slower.
-        backend: "auto" (on the CPU in fp32 with onnxruntime installed: whichever of torch and
+        backend: "auto" (on the CPU with onnxruntime installed: whichever of torch and
             ONNX Runtime runs the first batch faster, remembered per machine), "torch" or "onnxruntime"
             (the ONNX graph is exported from the loaded weights at first use and cached; see
             :mod:`FusionLungSegLib.onnx_backend`).
@@ -171,9 +174,13 @@ class LungSegmenter:
     ):
         self.device = resolve_device(device)
         from_file = model is None
-        #: as asked ("auto", "fp32", "bf16") and as used ("fp32" or "bf16") on ``self.device``
-        self.precision_requested = precision
-        self.precision = resolve_precision(precision, self.device)
+        #: as asked ("auto", "fp32", "bf16", "int8") and as used ("fp32", "bf16" or "int8") on ``self.device``;
+        #: under "auto" on the CPU it may turn to "int8" when the first batch has been timed
+        self.precision_requested = (precision or "auto").lower()
+        if self.precision_requested == "int8":
+            self.precision = "int8"
+        else:
+            self.precision = resolve_precision(precision, self.device)
         meta: dict = {}
         if model is None:
             state, meta = load_weights(weights, sha256)
@@ -221,15 +228,51 @@ class LungSegmenter:
         #: the paper's enhancement stage before the network, when the weights were trained with it
         self.enhance = bool(meta.get("enhancement"))
         #: "torch" or "onnxruntime"; "auto" until the first batch has been timed on both
+        if self.precision_requested == "auto" and requested_backend(backend) == "onnxruntime":
+            self.precision = "int8" if self._int8_may_pay(backend) else "fp32"  # what ONNX Runtime runs
         self.backend = resolve_backend(backend, self.device, self.precision)
+        ort_precision = "int8" if self.precision == "int8" else "fp32"
+        if self.precision_requested == "auto" and self.backend != "onnxruntime" and self._int8_may_pay(backend):
+            self.backend, ort_precision = "auto", "int8"  # torch (bf16 or fp32) against int8, timed
         self._onnx = None
         if self.backend != "torch":
             key = weights_key(weights, sha256, None if from_file else self.model)
-            self._onnx = OnnxRuntimeEngine(self.model, key, self.input_size)
+            self._onnx = OnnxRuntimeEngine(
+                self.model, key, self.input_size, precision=ort_precision, calibration=self.calibration_inputs
+            )
         #: seconds per stage of the last :meth:`run`: checks_and_reorient, body_mask_and_skip, slices
         #: (crop + preprocess + network + back to the slice grid), postprocess_and_qc
         self.last_timings: dict[str, float] = {}
         self.last_result: SegmentationResult | None = None
+
+    def _int8_may_pay(self, backend: str | None) -> bool:
+        """Whether ``auto`` should time int8 against torch: on the CPU, with onnxruntime, the engine not
+        pinned to torch, and weights from a file run at a size they were trained at (int8 masks are checked
+        against fp32 there; outside that range the network is less sure and int8 moves more voxels)."""
+        from .onnx_backend import available
+
+        trained = self.meta.get("input_size")
+        if self.device.type != "cpu" or not trained or not available():
+            return False
+        if requested_backend(backend) == "torch":  # pinned (argument or FUSIONLUNGSEG_BACKEND)
+            return False
+        return int(self.meta.get("min_input_size") or trained) <= self.input_size <= int(trained)
+
+    def calibration_inputs(self) -> torch.Tensor:
+        """The bundled sample CT's slices as network inputs (N, 1, S, S), prepared as :meth:`run` prepares
+        slices: the real chest CT from which the int8 graph takes its activation ranges."""
+        import SimpleITK as sitk
+
+        from .io import read_image
+        from .resources import sample_ct_path
+
+        image = read_image(sample_ct_path())
+        reo = AxialReorientation.from_image(image)
+        hu = reo.to_canonical(sitk.GetArrayViewFromImage(image))
+        spacing_yx = reo.spacing_zyx[1:]
+        boxes = self.crop_boxes(body_mask(hu, reo.spacing_zyx), spacing_yx)
+        x, _ = self._network_inputs(hu, np.arange(hu.shape[0]), spacing_yx, boxes)
+        return x.cpu()
 
     # ------------------------------------------------------------ network
     @torch.inference_mode()
@@ -237,7 +280,9 @@ class LungSegmenter:
         """(N, 1, S, S) network input -> (N, 1, S, S) probabilities on the model's device."""
         if self._onnx is not None and self.device.type == "cpu":
             if self.backend == "auto":  # first batch: time both engines on it, or reuse this machine's verdict
-                self.backend = self._onnx.choose(x, self._torch_logits)
+                self.backend = self._onnx.choose(x, self._torch_logits, self.precision)
+                if self.backend == "onnxruntime":
+                    self.precision = self._onnx.precision
             if self.backend == "onnxruntime":
                 return torch.sigmoid(self._onnx.logits(x))
         return torch.sigmoid(self._torch_logits(x).float())
@@ -276,6 +321,26 @@ class LungSegmenter:
             return [None] * body.shape[0]
         return [crop_box(body[z], spacing_yx, **self.body_crop) for z in range(body.shape[0])]
 
+    def _network_inputs(self, hu: np.ndarray, index: np.ndarray, spacing_yx, boxes: list) -> tuple[torch.Tensor, list]:
+        """Canonical HU slices ``hu[index]`` -> network input (N, 1, S, S) on the model's device, and each
+        slice's frame for :func:`from_network`."""
+        # One batch at a time, in its own dtype (int16 CT moves half the bytes of float32);
+        # windowing, resizing and thresholding run on the model's device.
+        batch = np.array(hu[index])
+        if self.enhance:
+            batch = enhance_slices(batch)
+        if batch.dtype not in _TENSOR_DTYPES:
+            batch = batch.astype(np.float32)
+        batch = torch.from_numpy(batch)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        # Each slice has its own crop box: prepare slice by slice, run the network on the batch.
+        pairs = [
+            to_network(batch[i : i + 1], self.input_size, spacing_yx, self.hu_window, boxes[k])
+            for i, k in enumerate(index)
+        ]
+        return torch.cat([x for x, _ in pairs]), [frame for _, frame in pairs]
+
     @torch.inference_mode()
     def predict_canonical(
         self,
@@ -310,23 +375,9 @@ class LungSegmenter:
                     raise SegmentationCancelled(f"cancelled after {z} of {n} slices")
                 z1 = min(n, z + self.batch_size)
                 index = todo[z:z1]
-                # One batch at a time, in its own dtype (int16 CT moves half the bytes of float32);
-                # windowing, resizing and thresholding run on the model's device.
-                batch = np.array(hu[index])
-                if self.enhance:
-                    batch = enhance_slices(batch)
-                if batch.dtype not in _TENSOR_DTYPES:
-                    batch = batch.astype(np.float32)
-                batch = torch.from_numpy(batch)
-                if self.device.type == "cuda":
-                    batch = batch.pin_memory().to(self.device, non_blocking=True)
-                # Each slice has its own crop box: prepare slice by slice, run the network on the batch.
-                pairs = [
-                    to_network(batch[i : i + 1], self.input_size, spacing_yx, self.hu_window, boxes[k])
-                    for i, k in enumerate(index)
-                ]
-                prob = self._forward_with_retry(torch.cat([x for x, _ in pairs]))
-                for i, (k, (_, frame)) in enumerate(zip(index, pairs)):
+                x, frames = self._network_inputs(hu, index, spacing_yx, boxes)
+                prob = self._forward_with_retry(x)
+                for i, (k, frame) in enumerate(zip(index, frames)):
                     mask[k] = (from_network(prob[i : i + 1], frame)[0] > self.threshold).cpu().numpy()
                 z = z1
                 if bar is not None:

@@ -345,7 +345,7 @@ class LungSegmentationLogic:
         :class:`SegmentationCancelled`.  The input volume is never modified;
         in a given segmentation node only the segments "right_lung" and
         "left_lung" are replaced.  ``input_size`` None uses the model's own size;
-        ``precision`` is "auto", "fp32" or "bf16" (see :class:`LungSegmenter`).
+        ``precision`` is "auto", "fp32", "bf16" or "int8" (see :class:`LungSegmenter`).
         For a run that keeps a GUI responsive see :class:`SegmentationTask`.
         """
         request = self.prepare(

@@ -54,8 +54,14 @@ def test_resolve_backend_rules(monkeypatch):
     assert OB.resolve_backend("auto", cpu, "bf16") == "torch"
     with pytest.raises(ValueError, match="CPU only"):
         OB.resolve_backend("onnxruntime", cuda, "fp32")
-    with pytest.raises(ValueError, match="fp32 only"):
+    with pytest.raises(ValueError, match="fp32 and int8 only"):
         OB.resolve_backend("onnxruntime", cpu, "bf16")
+    # int8 runs in ONNX Runtime on the CPU only, whatever the variable says
+    assert OB.resolve_backend("auto", cpu, "int8") == "onnxruntime"
+    with pytest.raises(ValueError, match="ONNX Runtime only"):
+        OB.resolve_backend("torch", cpu, "int8")
+    with pytest.raises(ValueError, match="CPU only"):
+        OB.resolve_backend("auto", cuda, "int8")
     with pytest.raises(ValueError, match="auto, torch, onnxruntime"):
         OB.resolve_backend("openvino", cpu, "fp32")
     monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "torch")
@@ -66,6 +72,11 @@ def test_resolve_backend_rules(monkeypatch):
     assert OB.resolve_backend("auto", cpu, "fp32") == "torch"
     with pytest.raises(ValueError, match="pip install"):
         OB.resolve_backend("onnxruntime", cpu, "fp32")
+    with pytest.raises(ValueError, match="precision int8 needs onnxruntime"):
+        OB.resolve_backend("auto", cpu, "int8")
+    monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "torch")
+    monkeypatch.setattr(OB, "available", lambda: True)
+    assert OB.resolve_backend("auto", cpu, "int8") == "onnxruntime"  # asked for by name: the variable yields
 
 
 def test_cache_folder(monkeypatch, tmp_path):
@@ -109,6 +120,81 @@ def test_onnxruntime_matches_torch_and_the_graph_is_cached_by_weights(cache):
     again._forward(torch.rand(1, 1, 64, 64))
     assert [p.stat().st_mtime_ns for p in cache.glob("*.onnx")] == [mtime]  # reused, not exported again
     assert not list(cache.glob(".tmp-*"))
+
+
+@needs_ort
+def test_int8_graph_is_quantized_from_real_ct_once_and_close_to_fp32(cache, monkeypatch):
+    built = []
+    real_quantize = OB.quantize_graph
+    monkeypatch.setattr(OB, "quantize_graph", lambda *a: built.append(a[2]) or real_quantize(*a))
+    fp32 = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, progress=False)
+    int8 = LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, progress=False)
+    assert (int8.precision, int8.backend, int8._onnx.precision) == ("int8", "onnxruntime", "int8")
+    x = int8.calibration_inputs()
+    assert x.shape == (2, 1, 64, 64) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0  # the sample's 2 slices
+    p32, p8 = fp32._forward_with_retry(x), int8._forward_with_retry(x)
+    assert float((p32 - p8).abs().max()) < 0.1 and float(((p32 > 0.5) != (p8 > 0.5)).float().mean()) < 0.01
+    assert len(built) == 1 and torch.equal(built[0], x)  # calibrated on the sample as the segmenter prepares it
+    names = sorted(g.name for g in cache.glob("*.onnx"))
+    assert len(names) == 2 and names[0] == names[1][: -len(".onnx")] + f"-int8-q{OB.INT8_FORMAT}-64px.onnx"
+    again = LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, progress=False)
+    again._forward(x)
+    assert len(built) == 1 and not list(cache.glob(".tmp-*"))  # cached: not quantized again
+
+
+def test_int8_is_refused_where_it_cannot_run(monkeypatch):
+    with pytest.raises(ValueError, match="ONNX Runtime only"):
+        LungSegmenter(model=SmallNet(), device="cpu", precision="int8", backend="torch", progress=False)
+    monkeypatch.setattr(OB, "available", lambda: False)
+    with pytest.raises(ValueError, match=r"pip install 'fusionlungseg\[onnx\]'"):
+        LungSegmenter(model=SmallNet(), device="cpu", precision="int8", progress=False)
+
+
+def test_auto_times_int8_only_for_trained_sizes_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(OB, "available", lambda: True)
+    monkeypatch.delenv("FUSIONLUNGSEG_BACKEND", raising=False)
+    seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", backend="torch", progress=False)
+    seg.input_size = 192
+    for meta, backend, expected in [
+        ({"input_size": 224, "min_input_size": 160}, "auto", True),
+        ({"input_size": 224, "min_input_size": 160}, "onnxruntime", True),
+        ({"input_size": 224, "min_input_size": 160}, "torch", False),  # pinned
+        ({"input_size": 160}, "auto", False),  # 192 px is outside what the weights were trained at
+        ({}, "auto", False),  # a network given in memory: int8 only when asked for
+    ]:
+        seg.meta = meta
+        assert seg._int8_may_pay(backend) is expected, (meta, backend)
+    monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "torch")
+    seg.meta = {"input_size": 224}
+    assert seg._int8_may_pay("auto") is False
+    seg.device = torch.device("cuda")
+    monkeypatch.delenv("FUSIONLUNGSEG_BACKEND")
+    assert seg._int8_may_pay("auto") is False
+
+
+@needs_ort
+@pytest.mark.parametrize("torch_s, int8_s, expected", [(0.3, 0.1, "int8"), (0.1, 0.3, "fp32")])
+def test_auto_precision_takes_int8_when_it_is_faster(cache, monkeypatch, torch_s, int8_s, expected):
+    monkeypatch.setattr(LungSegmenter, "_int8_may_pay", lambda self, backend: True)
+    seg = LungSegmenter(model=SmallNet(), device="cpu", precision="auto", input_size=64, batch_size=2, progress=False)
+    seg.precision = "fp32"  # as on a CPU without bf16 units, whatever this one has
+    assert seg.backend == "auto" and seg._onnx.precision == "int8"
+    engine, clock = seg._onnx, FakeClock()
+    engine.clock = clock
+    real_torch, real_ort = seg._torch_logits, engine.logits
+
+    def timed(fn, seconds):
+        def run(x):
+            clock.now += seconds * x.shape[0]
+            return fn(x)
+
+        return run
+
+    seg._torch_logits, engine.logits = timed(real_torch, torch_s), timed(real_ort, int8_s)
+    seg._forward(torch.rand(2, 1, 64, 64))
+    assert seg.precision == expected and seg.backend == ("onnxruntime" if expected == "int8" else "torch")
+    (key,) = json.loads((cache / "backend-verdicts.json").read_text())
+    assert "torch fp32 vs onnxruntime int8" in key  # not mistaken for the fp32-against-fp32 verdict
 
 
 class FakeClock:
@@ -183,7 +269,8 @@ def torch_and_onnx(tmp_path_factory):
     mp.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
     try:
         yield tuple(
-            LungSegmenter(device="cpu", progress=False, precision="fp32", backend=b) for b in ("torch", "onnxruntime")
+            LungSegmenter(device="cpu", progress=False, precision=p, backend=b)
+            for p, b in (("fp32", "torch"), ("fp32", "onnxruntime"), ("int8", "onnxruntime"))
         )
     finally:
         mp.undo()
@@ -194,13 +281,18 @@ def _dice(a, b):
 
 
 def _assert_same_masks(image, segs, what):
-    a, b = (sitk.GetArrayFromImage(seg.segment(image)) for seg in segs)
+    reference, *others = (seg.run(image) for seg in segs)
+    a = sitk.GetArrayFromImage(reference.labels)
     assert (a > 0).sum() > 1000, f"{what}: no lungs found"
-    for label in (1, 2):
-        assert _dice(a == label, b == label) >= 0.995, f"{what}: label {label}"
+    for seg, other in zip(segs[1:], others):
+        b = sitk.GetArrayFromImage(other.labels)
+        for label in (1, 2):
+            assert _dice(a == label, b == label) >= 0.995, f"{what}, {seg.precision} {seg.backend}: label {label}"
+        assert other.qc["ok"] == reference.qc["ok"], f"{what}, {seg.precision} {seg.backend}: QC verdict"
 
 
 def test_onnxruntime_masks_match_torch_on_the_sample(torch_and_onnx):
+    """fp32 in ONNX Runtime and its int8 copy against fp32 torch (the int8 graph is calibrated on this sample)."""
     from FusionLungSegLib.io import read_image
 
     _assert_same_masks(read_image(SAMPLE_DICOM), torch_and_onnx, "bundled sample")

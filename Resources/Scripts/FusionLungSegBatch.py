@@ -2,7 +2,7 @@
 
 In 3D Slicer (no window):
     Slicer --no-main-window --python-script Resources/Scripts/FusionLungSegBatch.py \\
-        --input scans/ --output results/ [--device cpu] [--precision auto|fp32|bf16] [--fast] [--nifti]
+        --input scans/ --output results/ [--device cpu] [--precision auto|fp32|bf16|int8] [--fast] [--nifti]
 In plain Python with the slicer-core wheel (pip install slicer-core):
     python Resources/Scripts/FusionLungSegBatch.py --input scans/ --output results/
 
@@ -94,9 +94,10 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=["auto", "fp32", "bf16", "int8"],
         default="auto",
-        help="auto: bf16 on CUDA and on CPUs with bf16 matrix units (amx_bf16, avx512_bf16), else fp32",
+        help="auto: bf16 on CUDA; on the CPU bf16 with bf16 matrix units (amx_bf16, avx512_bf16), else fp32, "
+        "or int8 in ONNX Runtime where installed and faster; int8: ONNX Runtime on the CPU (the onnx extra)",
     )
     p.add_argument("--fast", action="store_true", help="160 px network input (the bundled model runs at 160 px anyway)")
     p.add_argument("--input-size", type=int, help="network input in pixels (default: the model's own)")
