@@ -86,16 +86,26 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 def _block_majority(mask: np.ndarray, step: int) -> np.ndarray:
     """Downsample ``[z, y, x]`` in-plane by ``step``: a block is True if half or more of its pixels are.
 
-    Unlike sampling every ``step``-th pixel, a thin wall neither vanishes nor thickens.
+    Unlike sampling every ``step``-th pixel, a thin wall neither vanishes nor thickens.  Blocks
+    past the edge repeat the last row and column.
     """
     if step == 1:
         return mask
+    import cv2
+
     z, h, w = mask.shape
     hh, ww = -(-h // step) * step, -(-w // step) * step
-    if (hh, ww) != (h, w):
-        mask = np.pad(mask, ((0, 0), (0, hh - h), (0, ww - w)), mode="edge")
-    counts = mask.reshape(z, hh // step, step, ww // step, step).sum(axis=(2, 4), dtype=np.uint16)
-    return counts * 2 >= step * step
+    out = np.empty((z, hh // step, ww // step), bool)
+    need = (step * step + 1) // 2  # pixels that make half a block
+    for k in range(z):
+        m = np.ascontiguousarray(mask[k]).view(np.uint8)
+        if (hh, ww) != (h, w):
+            m = cv2.copyMakeBorder(m, 0, hh - h, 0, ww - w, cv2.BORDER_REPLICATE)
+        # An area resize by a whole factor is each block's mean: times the block size, its pixel count
+        # (within float rounding, hence the quarter-pixel margin). 20-30x faster than numpy's reshape-sum.
+        counts = cv2.resize(m.astype(np.float32), (ww // step, hh // step), interpolation=cv2.INTER_AREA)
+        out[k] = counts * (step * step) >= need - 0.25
+    return out
 
 
 def body_mask(
