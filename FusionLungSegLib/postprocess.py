@@ -60,6 +60,14 @@ def _select(labels: np.ndarray, n: int, keep_ids) -> np.ndarray:
     return lut[labels]
 
 
+def _components_mask(labels: np.ndarray, comps) -> np.ndarray:
+    """Boolean volume of the given components, each compared within its own box (no lookup over the volume)."""
+    out = np.zeros(labels.shape, bool)
+    for c in comps:
+        out[c.box] |= labels[c.box] == c.label
+    return out
+
+
 def _axial_components(mask: np.ndarray):
     """Yield ``(index, component)`` for every 2D component of every axial slice.
 
@@ -271,7 +279,7 @@ def select_lungs(
             ]
             if others:
                 seeds.append(max(others, key=lambda c: c.ml))
-    seed_mask = _select(labels, n, [c.label for c in seeds]) if seeds else np.zeros(mask.shape, bool)
+    seed_mask = _components_mask(labels, seeds)
     footprints = {s.label: (labels[s.box] == s.label).any(axis=0) for s in seeds}
     for c in live:
         if c in seeds or _near(labels, c, seed_mask, spacing_zyx, near_mm):
@@ -279,10 +287,18 @@ def select_lungs(
         if c.lateral_mm >= lateral_mm and any(_caps(labels, c, s, footprints[s.label], sz, apex_gap_mm) for s in seeds):
             continue  # an apex cut off from its lung (by a tumour, or slices the network missed)
         c.reason = FAR
-    keep = [c.label for c in comps if not c.reason]
+    dropped = [c for c in comps if c.reason]
     kept = np.zeros(full.shape, bool)
-    if keep:
-        kept[crop] = _select(labels, n, keep)
+    if len(dropped) < len(comps):
+        # The candidates less the dropped components, cleared box by box: usually specks and gas pockets,
+        # far smaller than the volume a lookup over every label would read.
+        if sum(np.prod([b.stop - b.start for b in c.box]) for c in dropped) < labels.size:
+            sub = mask.copy()
+            for c in dropped:
+                sub[c.box] &= labels[c.box] != c.label
+            kept[crop] = sub
+        else:
+            kept[crop] = _select(labels, n, [c.label for c in comps if not c.reason])
     for c in comps:  # report in the volume's own slice numbers
         c.box = tuple(slice(b.start + (o.start or 0), b.stop + (o.start or 0)) for b, o in zip(c.box, crop))
         c.top, c.bottom = c.top + (crop[0].start or 0), c.bottom + (crop[0].start or 0)
