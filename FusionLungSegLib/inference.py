@@ -280,7 +280,14 @@ class LungSegmenter:
         """(N, 1, S, S) network input -> (N, 1, S, S) probabilities on the model's device."""
         if self._onnx is not None and self.device.type == "cpu":
             if self.backend == "auto":  # first batch: time both engines on it, or reuse this machine's verdict
-                self.backend = self._onnx.choose(x, self._torch_logits, self.precision)
+                try:
+                    self.backend = self._onnx.choose(x, self._torch_logits, self.precision)
+                except Exception as exc:  # noqa: BLE001 - auto must not fail a run that torch can do
+                    warnings.warn(
+                        f"ONNX Runtime could not be prepared ({type(exc).__name__}: {exc}); running in torch",
+                        stacklevel=3,
+                    )
+                    self.backend, self._onnx = "torch", None
                 if self.backend == "onnxruntime":
                     self.precision = self._onnx.precision
             if self.backend == "onnxruntime":

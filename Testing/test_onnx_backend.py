@@ -197,6 +197,24 @@ def test_auto_precision_takes_int8_when_it_is_faster(cache, monkeypatch, torch_s
     assert "torch fp32 vs onnxruntime int8" in key  # not mistaken for the fp32-against-fp32 verdict
 
 
+@needs_ort
+def test_auto_runs_torch_when_the_onnx_graph_cannot_be_built(cache, monkeypatch):
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(OB, "quantize_graph", broken)
+    monkeypatch.setattr(LungSegmenter, "_int8_may_pay", lambda self, backend: True)
+    seg = LungSegmenter(model=SmallNet(), device="cpu", precision="auto", input_size=64, progress=False)
+    ref = LungSegmenter(model=SmallNet(), device="cpu", precision=seg.precision, backend="torch", progress=False)
+    x = torch.rand(2, 1, 64, 64)
+    with pytest.warns(UserWarning, match="ONNX Runtime could not be prepared.*disk full.*running in torch"):
+        out = seg._forward(x)
+    assert seg.backend == "torch" and seg._onnx is None and seg.precision in ("fp32", "bf16")
+    torch.testing.assert_close(out, ref._forward(x))
+    with pytest.raises(OSError, match="disk full"):  # asked for by name: the error is the user's to see
+        LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, progress=False)._forward(x)
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
