@@ -385,6 +385,12 @@ def split_right_left(mask: np.ndarray, big_fraction: float = 0.2) -> np.ndarray:
     their centroid relative to the lung mask's midline, and a 2D component that
     straddles the midline (the lungs touching) is cut at its thinnest column.
     """
+    return _split_right_left(mask, big_fraction)
+
+
+def _split_right_left(mask: np.ndarray, big_fraction: float = 0.2, island_fraction: float = 0.0) -> np.ndarray:
+    """:func:`split_right_left`; with ``island_fraction``, a 3D component of a side smaller than that
+    fraction of the side's largest is dropped (on the split by whole components, from the same labelling)."""
     mask = np.asarray(mask, dtype=bool)
     out = np.zeros(mask.shape, np.uint8)
     if not mask.any():
@@ -398,6 +404,11 @@ def split_right_left(mask: np.ndarray, big_fraction: float = 0.2) -> np.ndarray:
         midline = (xs[order[0]] + xs[order[1]]) / 2
         # Each component (the smaller leftovers too) takes the side of its centroid; right is low x.
         side = np.where(xs < midline, RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
+        if island_fraction:  # whole components never touch, so a side's components are these very labels
+            for s in (RIGHT_LUNG, LEFT_LUNG):
+                on_side = side == s
+                if on_side.any():
+                    side[on_side & (sizes < island_fraction * sizes[on_side].max())] = 0
         return np.concatenate(([0], side)).astype(np.uint8)[labels]
     midline = _midline_x(mask)
     for index, comp in _axial_components(mask):
@@ -410,6 +421,15 @@ def split_right_left(mask: np.ndarray, big_fraction: float = 0.2) -> np.ndarray:
             target[left_part] = LEFT_LUNG
         else:
             target[comp] = RIGHT_LUNG if frac_right >= 0.5 else LEFT_LUNG
+    if island_fraction:  # the slice-by-slice split may leave stray islands: label each side
+        for side in (RIGHT_LUNG, LEFT_LUNG):
+            part = out == side
+            if not part.any():
+                continue
+            lab, k = ndimage.label(part, structure=_CONN6)
+            if k > 1:
+                counts = _per_label(lab, k)
+                out[_select(lab, k, np.flatnonzero(counts < island_fraction * counts.max()) + 1)] = 0
     return out
 
 
@@ -487,16 +507,6 @@ def postprocess_with_report(
     if not kept.any():
         return labels, report
     box = bounding_box(kept, margin=1)
-    sub = split_right_left(fill_holes_axial(kept[box]))
-    # Each side: drop stray islands the split may create (under 5 % of that side's largest part).
-    for side in (RIGHT_LUNG, LEFT_LUNG):
-        part = sub == side
-        if not part.any():
-            continue
-        lab, n = ndimage.label(part, structure=_CONN6)
-        if n > 1:
-            sizes = _per_label(lab, n)
-            small = _select(lab, n, np.flatnonzero(sizes < 0.05 * sizes.max()) + 1)
-            sub[small] = 0
-    labels[box] = sub
+    # Each side: drop stray islands (under 5 % of that side's largest part).
+    labels[box] = _split_right_left(fill_holes_axial(kept[box]), island_fraction=0.05)
     return labels, report
