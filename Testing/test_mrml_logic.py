@@ -151,6 +151,28 @@ def test_real_ct_slices_from_the_sample(session, scene, logic, random_weights):
     assert set(qc) == {"ok", "flags", "notes", "measures"} and logic.qc_of(seg) == qc
 
 
+def test_console_int8_on_the_sample_matches_fp32(scene, logic):
+    """The console call with precision int8 (ONNX Runtime), the bundled model: labels as fp32's."""
+    from FusionLungSegLib import onnx_backend
+    from FusionLungSegLib.weights import BUNDLED_SHA256
+
+    if not (onnx_backend.available() and BUNDLED_SHA256):
+        pytest.skip("needs onnxruntime and onnx (pip install '.[onnx]') and the bundled weights")
+    image = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(SAMPLE_DICOM)))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "sample")
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    node.SetSpacing(image.GetSpacing())
+    labels = {}
+    for precision in ("fp32", "int8"):
+        seg = logic.segment(node, device="cpu", precision=precision)
+        assert seg.GetSegmentation().GetNumberOfSegments() == 2
+        assert logic.last_result.precision == precision
+        labels[precision] = sitk.GetArrayFromImage(logic.last_label_image)
+    for side in (1, 2):
+        a, b = labels["fp32"] == side, labels["int8"] == side
+        assert a.sum() > 1000 and 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.995, side
+
+
 def test_existing_segmentation_keeps_other_segments_and_only_ours_are_replaced(
     session, scene, logic, tmp_path, phantom_segmenter
 ):
