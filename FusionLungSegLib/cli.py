@@ -467,6 +467,20 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _show_engine_notices() -> None:
+    """Print the engine's one-time notices (graph export and int8 quantization, about 15 s; the auto
+    choice) on stderr, so a first run's pause is explained; stdout keeps only the JSON."""
+    import logging
+
+    log = logging.getLogger("FusionLungSegLib.onnx_backend")
+    if not any(getattr(h, "_fusionlungseg", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._fusionlungseg = True
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -478,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         "inspect": _cmd_inspect,
         "bench": _cmd_bench,
     }
+    if not getattr(args, "quiet", False):
+        _show_engine_notices()
     try:
         return handlers[args.command](args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
