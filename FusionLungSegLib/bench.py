@@ -129,30 +129,39 @@ def pipeline_figures(seconds: float, slices: int) -> dict:
 
 
 def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) -> dict:
-    """The network alone in torch and in ONNX Runtime, side by side: ``repeats`` rounds, each timing one
-    batch of ``seg``'s size in torch then the same batch in ONNX Runtime (after one warm-up each).
+    """The network alone in torch (fp32), ONNX Runtime fp32 and its int8 graph, side by side: ``repeats``
+    rounds, each timing the same batch in each engine (after one warm-up each).
 
-    ``seg`` must have the ONNX Runtime engine (backend auto or onnxruntime: CPU, fp32, onnxruntime
-    installed).  Reports the median seconds per slice of each, their ratio and the largest difference
-    between the two engines' probabilities.
+    The batch is real chest CT: the bundled sample's slices as the segmenter prepares them, repeated to
+    ``seg``'s batch size.  ``seg`` must have the ONNX Runtime fp32 engine (backend auto or onnxruntime:
+    CPU, precision fp32, onnxruntime installed).  Reports the median seconds per slice of each engine,
+    their speed-ups over torch, the largest difference from torch's probabilities and, for int8, the
+    fraction of pixels whose lung decision (p > 0.5) differs from torch's.
     """
+    from .onnx_backend import OnnxRuntimeEngine
+
     engine = getattr(seg, "_onnx", None)
-    if engine is None:
+    if engine is None or engine.precision != "fp32":
         raise RuntimeError(
             "comparing backends needs ONNX Runtime on the CPU in fp32: --device cpu --precision fp32 and "
             "pip install 'fusionlungseg[onnx]'"
         )
-    x = torch.rand(seg.batch_size, 1, seg.input_size, seg.input_size)
+    int8 = OnnxRuntimeEngine(
+        seg.model, engine._sha, seg.input_size, precision="int8", calibration=seg.calibration_inputs
+    )
+    sample = seg.calibration_inputs()
+    x = sample.repeat(-(-seg.batch_size // len(sample)), 1, 1, 1)[: seg.batch_size].contiguous()
+    engines = {"torch": seg._torch_logits, "onnxruntime": engine.logits, "onnxruntime_int8": int8.logits}
     with torch.inference_mode():
-        p_torch = torch.sigmoid(seg._torch_logits(x).float())
-        p_onnx = torch.sigmoid(engine.logits(x))
-        times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+        probs = {name: torch.sigmoid(run(x).float()) for name, run in engines.items()}  # also the warm-up
+        times: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(repeats):
-            for name, run in (("torch", seg._torch_logits), ("onnxruntime", engine.logits)):
+            for name, run in engines.items():
                 t0 = clock()
                 run(x)
                 times[name].append(clock() - t0)
     per_slice = {name: float(np.median(t)) / seg.batch_size for name, t in times.items()}
+    ref = probs["torch"]
     return {
         "input_size": seg.input_size,
         "batch_size": seg.batch_size,
@@ -160,7 +169,11 @@ def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) ->
         "torch_seconds_per_slice": round(per_slice["torch"], 4),
         "onnxruntime_seconds_per_slice": round(per_slice["onnxruntime"], 4),
         "onnxruntime_speedup": round(per_slice["torch"] / per_slice["onnxruntime"], 2),
-        "max_probability_difference": float((p_torch - p_onnx).abs().max()),
+        "max_probability_difference": float((ref - probs["onnxruntime"]).abs().max()),
+        "onnxruntime_int8_seconds_per_slice": round(per_slice["onnxruntime_int8"], 4),
+        "onnxruntime_int8_speedup": round(per_slice["torch"] / per_slice["onnxruntime_int8"], 2),
+        "int8_max_probability_difference": round(float((ref - probs["onnxruntime_int8"]).abs().max()), 4),
+        "int8_decisions_differing": round(float(((ref > 0.5) != (probs["onnxruntime_int8"] > 0.5)).float().mean()), 5),
     }
 
 
@@ -346,7 +359,9 @@ def summary(result: dict) -> str:
         be = result["backends"]
         lines.append(
             f"network, side by side: torch {be['torch_seconds_per_slice']} s/slice, onnxruntime "
-            f"{be['onnxruntime_seconds_per_slice']} s/slice ({be['onnxruntime_speedup']}x)"
+            f"{be['onnxruntime_seconds_per_slice']} s/slice ({be['onnxruntime_speedup']}x), int8 "
+            f"{be['onnxruntime_int8_seconds_per_slice']} s/slice ({be['onnxruntime_int8_speedup']}x; "
+            f"{be['int8_decisions_differing']:.2%} of pixels decided otherwise)"
         )
     if "lungmask" in result:
         lm = result["lungmask"]

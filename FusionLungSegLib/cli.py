@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--compare-backends",
         action="store_true",
-        help="also time the network alone in torch and in ONNX Runtime side by side (CPU, fp32)",
+        help="also time the network alone in torch, ONNX Runtime and its int8 graph side by side on the bundled "
+        "sample's slices (CPU, --precision fp32)",
     )
     b.add_argument("--json", help="write the figures here")
     _add_device(b)

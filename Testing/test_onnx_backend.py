@@ -270,8 +270,13 @@ def test_bench_compares_engines_side_by_side(cache, tmp_path):
         "onnxruntime_seconds_per_slice",
         "onnxruntime_speedup",
         "max_probability_difference",
+        "onnxruntime_int8_seconds_per_slice",
+        "onnxruntime_int8_speedup",
+        "int8_max_probability_difference",
+        "int8_decisions_differing",
     }
     assert result["max_probability_difference"] < 1e-5
+    assert result["int8_decisions_differing"] < 0.01 and result["onnxruntime_int8_seconds_per_slice"] > 0
     with pytest.raises(RuntimeError, match="fp32"):
         bench.compare_backends(
             LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", progress=False, backend="torch")
