@@ -147,7 +147,7 @@ def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) ->
             "pip install 'fusionlungseg[onnx]'"
         )
     int8 = OnnxRuntimeEngine(
-        seg.model, engine._sha, seg.input_size, precision="int8", calibration=seg.calibration_inputs
+        seg.model, engine._sha_source, seg.input_size, precision="int8", calibration=seg.calibration_inputs
     )
     sample = seg.calibration_inputs()
     x = sample.repeat(-(-seg.batch_size // len(sample)), 1, 1, 1)[: seg.batch_size].contiguous()

@@ -376,6 +376,8 @@ class LungSegmenter:
 
             bar = tqdm(total=n, unit="slice", desc="segmenting")
         z = 0
+        if self._onnx is not None and progress is not None:
+            self._onnx.notify = lambda message: progress(z / n, message)
         try:
             while z < n:
                 if cancel is not None and cancel():
@@ -394,6 +396,8 @@ class LungSegmenter:
         finally:
             if bar is not None:
                 bar.close()
+            if self._onnx is not None:
+                self._onnx.notify = None
         return mask
 
     # ------------------------------------------------------------ volume

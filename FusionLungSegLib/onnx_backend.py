@@ -260,17 +260,24 @@ class OnnxRuntimeEngine:
             raise ValueError(f"ONNX Runtime precision must be fp32 or int8, got {precision!r}")
         if precision == "int8" and calibration is None:
             raise ValueError("precision int8 needs calibration inputs")
-        self.model, self._sha = model, weights_sha256
+        self.model, self._sha_source, self._sha_value = model, weights_sha256, None
         self.input_size = input_size
         self.clock = clock
         self.precision = precision
         self._calibration = calibration
         self._session = None
         self._threads = None
+        #: called with a message before a graph is built (about 15 s, once): the segmenter's progress
+        self.notify: Callable[[str], None] | None = None
         #: seconds per slice of each engine when this object measured them (None when the verdict was cached)
         self.measured: dict[str, float] | None = None
 
     # ------------------------------------------------------------ graph and session
+    def _sha(self) -> str:
+        if self._sha_value is None:  # hashing a weights file takes a moment: once per engine
+            self._sha_value = self._sha_source()
+        return self._sha_value
+
     def fp32_graph_path(self) -> Path:
         return cache_dir() / f"fusionlungnet-{self._sha()}-g{GRAPH_FORMAT}-opset{OPSET}.onnx"
 
@@ -283,6 +290,8 @@ class OnnxRuntimeEngine:
 
     def _build_graphs(self) -> Path:
         path, fp32 = self.graph_path(), self.fp32_graph_path()
+        if self.notify is not None and not path.is_file():
+            self.notify(f"preparing ONNX Runtime ({self.precision}; once per weights file and size, about 15 s)")
         with _EXPORT_LOCK:
             if not fp32.is_file():
                 log.info("exporting the network to ONNX (once per weights file): %s", fp32)

@@ -142,6 +142,20 @@ def test_int8_graph_is_quantized_from_real_ct_once_and_close_to_fp32(cache, monk
     assert len(built) == 1 and not list(cache.glob(".tmp-*"))  # cached: not quantized again
 
 
+@needs_ort
+def test_a_run_that_builds_the_graph_says_so_in_its_progress(cache):
+    from conftest import make_phantom
+
+    image, _ = make_phantom(np.eye(3))
+    messages = []
+    for _ in range(2):
+        seg = LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, progress=False)
+        seg.run(image, progress=lambda fraction, message: messages.append(message))
+    preparing = [m for m in messages if m.startswith("preparing ONNX Runtime (int8")]
+    slices = [m for m in messages if m.startswith("slice ")]
+    assert len(preparing) == 1 and messages.index(preparing[0]) < messages.index(slices[0]), messages  # first run
+
+
 def test_int8_is_refused_where_it_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match="ONNX Runtime only"):
         LungSegmenter(model=SmallNet(), device="cpu", precision="int8", backend="torch", progress=False)
