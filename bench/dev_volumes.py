@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--input-size", type=int)
     ap.add_argument("--method", choices=("network", "hu-threshold"), default="network", help="hu-threshold: baseline")
     ap.add_argument("--labels-dir", help="score <name>_lungs.nii.gz label maps from this folder instead")
-    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
     args = ap.parse_args(argv)
     data = Path(args.data) if args.data else default_data_dir()
     out = Path(args.out)
