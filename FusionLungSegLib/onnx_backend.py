@@ -114,7 +114,8 @@ def resolve_backend(backend: str | None, device: torch.device, precision: str) -
             raise ValueError(f"precision int8 runs on the CPU only, not on {device} (use precision auto or bf16 there)")
         if not available():
             raise ValueError(
-                "precision int8 needs onnxruntime and onnx (pip install 'fusionlungseg[onnx]'); or use precision auto"
+                "precision int8 needs onnxruntime and onnx (pip install 'fusionlungseg[onnx]'; in 3D Slicer's "
+                "Python console: slicer.util.pip_install('onnx onnxruntime')); or use precision auto"
             )
         return "onnxruntime"
     if b == "torch":
