@@ -22,6 +22,7 @@ __all__ = [
     "body_mask",
     "crop_box",
     "outer_shell",
+    "shell_margin",
 ]
 
 #: In-plane pixel size assumed when a slice comes without spacing (2D training slices): a typical
@@ -192,7 +193,17 @@ def _fill_holes_cut_by_border(body: np.ndarray, max_gap: int) -> np.ndarray:
     return fill_holes_axial(padded)[:, 1:-1, 1:-1] | fill_holes_axial(body)
 
 
-def outer_shell(body: np.ndarray, spacing_zyx=None, depth_mm: float = 4.0) -> np.ndarray:
+#: Depth (mm) of the band inside the body's outer surface that :func:`outer_shell` marks.
+SHELL_DEPTH_MM = 4.0
+
+
+def shell_margin(spacing_zyx, depth_mm: float = SHELL_DEPTH_MM) -> int:
+    """In-plane pixels of room around a region for which :func:`outer_shell`, computed on a box with
+    that margin, agrees with the whole volume's shell over the region (at least the erosion's radius)."""
+    return int(np.ceil(depth_mm / min(float(s) for s in spacing_zyx[1:]))) + 1
+
+
+def outer_shell(body: np.ndarray, spacing_zyx=None, depth_mm: float = SHELL_DEPTH_MM) -> np.ndarray:
     """Body voxels within ``depth_mm`` of the body's outer surface, slice by slice.
 
     The image border does not count as surface: a body cut by a small field of

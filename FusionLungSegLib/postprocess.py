@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .body import body_mask, bounding_box, fill_holes_axial, outer_shell
+from .body import body_mask, bounding_box, fill_holes_axial, outer_shell, shell_margin
 
 __all__ = [
     "RIGHT_LUNG",
@@ -233,8 +233,7 @@ def select_lungs(
     if not full.any():
         return full.copy(), report
     # Work inside the candidates' box (with room for the 4 mm surface band): labelling is the cost.
-    margin = int(np.ceil(4.0 / min(float(s) for s in spacing_zyx[1:]))) + 1
-    crop = bounding_box(full, margin=margin)
+    crop = bounding_box(full, margin=shell_margin(spacing_zyx))
     mask = full[crop]
     midline = None
     if body is not None:

@@ -103,12 +103,11 @@ def quality_check(
                     "for this body size."
                 )
             # 4. Lung at the body's outer surface.
-            from .body import bounding_box, outer_shell
+            from .body import bounding_box, outer_shell, shell_margin
 
             # The shell only where lung is: a box around the lungs with room for the 4 mm band.
             lung = labels > 0
-            margin = int(np.ceil(4.0 / min(float(s) for s in spacing_zyx[1:]))) + 2
-            box = bounding_box(lung, margin=margin)
+            box = bounding_box(lung, margin=shell_margin(spacing_zyx))
             surface_ml = float(np.count_nonzero(outer_shell(body[box], spacing_zyx) & lung[box])) * voxel_ml
             measures["lung_at_body_surface_ml"] = round(surface_ml, 1)
             if surface_ml >= lim["surface_ml"]:
