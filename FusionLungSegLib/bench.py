@@ -146,10 +146,10 @@ def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) ->
             "comparing backends needs ONNX Runtime on the CPU in fp32: --device cpu --precision fp32 and "
             "pip install 'fusionlungseg[onnx]'"
         )
+    sample = seg.calibration_inputs()  # read once: the batch below and, if not cached yet, the int8 ranges
     int8 = OnnxRuntimeEngine(
-        seg.model, engine._sha_source, seg.input_size, precision="int8", calibration=seg.calibration_inputs
+        seg.model, engine._sha_source, seg.input_size, precision="int8", calibration=lambda: sample
     )
-    sample = seg.calibration_inputs()
     x = sample.repeat(-(-seg.batch_size // len(sample)), 1, 1, 1)[: seg.batch_size].contiguous()
     engines = {"torch": seg._torch_logits, "onnxruntime": engine.logits, "onnxruntime_int8": int8.logits}
     with torch.inference_mode():
