@@ -25,3 +25,5 @@ done
 for s in $SIZES; do
   $B --input-size "$s" --slices 300 --json "bench/${P}_${s}.json"
 done
+# The best these runs could be on this CPU: convolution peak per precision, operations per slice, ratio bounds.
+.venv/bin/python bench/cpu_ceiling.py bench/"${P}"_*_vs_lungmask.json --json "bench/${P}_ceiling.json"
