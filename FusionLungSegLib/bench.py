@@ -129,16 +129,18 @@ def pipeline_figures(seconds: float, slices: int) -> dict:
 
 
 def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) -> dict:
-    """The network alone in torch (fp32), ONNX Runtime fp32 and its int8 graph, side by side: ``repeats``
-    rounds, each timing the same batch in each engine (after one warm-up each).
+    """The network alone in torch (fp32), ONNX Runtime fp32 and its int8 graph, and, where openvino is
+    installed, OpenVINO in fp32, bf16 (CPUs with bf16 units) and int8, side by side: ``repeats`` rounds,
+    each timing the same batch in each engine (after one warm-up each).
 
     The batch is real chest CT: the bundled sample's slices as the segmenter prepares them, repeated to
     ``seg``'s batch size.  ``seg`` must have the ONNX Runtime fp32 engine (backend auto or onnxruntime:
     CPU, precision fp32, onnxruntime installed).  Reports the median seconds per slice of each engine,
     their speed-ups over torch, the largest difference from torch's probabilities and, for int8, the
-    fraction of pixels whose lung decision (p > 0.5) differs from torch's.
+    fraction of pixels whose lung decision (p > 0.5) differs from torch's (OpenVINO: ``openvino[_P]_*`` keys).
     """
-    from .onnx_backend import OnnxRuntimeEngine
+    from .hardware import cpu_info
+    from .onnx_backend import OnnxRuntimeEngine, OpenVinoEngine, openvino_available
 
     engine = getattr(seg, "_onnx", None)
     if engine is None or engine.precision != "fp32":
@@ -152,6 +154,11 @@ def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) ->
     )
     x = sample.repeat(-(-seg.batch_size // len(sample)), 1, 1, 1)[: seg.batch_size].contiguous()
     engines = {"torch": seg._torch_logits, "onnxruntime": engine.logits, "onnxruntime_int8": int8.logits}
+    if openvino_available():
+        precisions = ["fp32"] + (["bf16"] if cpu_info().get("bf16_matrix_units") else []) + ["int8"]
+        for p in precisions:
+            ov = OpenVinoEngine(seg.model, engine._sha_source, seg.input_size, precision=p, calibration=lambda: sample)
+            engines["openvino" if p == "fp32" else f"openvino_{p}"] = ov.logits
     with torch.inference_mode():
         probs = {name: torch.sigmoid(run(x).float()) for name, run in engines.items()}  # also the warm-up
         times: dict[str, list[float]] = {name: [] for name in engines}
@@ -162,6 +169,12 @@ def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) ->
                 times[name].append(clock() - t0)
     per_slice = {name: float(np.median(t)) / seg.batch_size for name, t in times.items()}
     ref = probs["torch"]
+    openvino = {}
+    for name in (n for n in engines if n.startswith("openvino")):
+        openvino[f"{name}_seconds_per_slice"] = round(per_slice[name], 4)
+        openvino[f"{name}_speedup"] = round(per_slice["torch"] / per_slice[name], 2)
+        openvino[f"{name}_max_probability_difference"] = round(float((ref - probs[name]).abs().max()), 4)
+        openvino[f"{name}_decisions_differing"] = round(float(((ref > 0.5) != (probs[name] > 0.5)).float().mean()), 5)
     return {
         "input_size": seg.input_size,
         "batch_size": seg.batch_size,
@@ -174,6 +187,7 @@ def compare_backends(seg, repeats: int = 3, clock: Clock = time.perf_counter) ->
         "onnxruntime_int8_speedup": round(per_slice["torch"] / per_slice["onnxruntime_int8"], 2),
         "int8_max_probability_difference": round(float((ref - probs["onnxruntime_int8"]).abs().max()), 4),
         "int8_decisions_differing": round(float(((ref > 0.5) != (probs["onnxruntime_int8"] > 0.5)).float().mean()), 5),
+        **openvino,
     }
 
 
@@ -363,6 +377,12 @@ def summary(result: dict) -> str:
             f"{be['onnxruntime_int8_seconds_per_slice']} s/slice ({be['onnxruntime_int8_speedup']}x; "
             f"{be['int8_decisions_differing']:.2%} of pixels decided otherwise)"
         )
+        for name in ("openvino", "openvino_bf16", "openvino_int8"):
+            if f"{name}_seconds_per_slice" in be:
+                lines.append(
+                    f"  {name.replace('_', ' ')}: {be[f'{name}_seconds_per_slice']} s/slice ({be[f'{name}_speedup']}x; "
+                    f"{be[f'{name}_decisions_differing']:.2%} of pixels decided otherwise)"
+                )
     if "lungmask" in result:
         lm = result["lungmask"]
         lines.append(

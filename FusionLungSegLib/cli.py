@@ -29,10 +29,11 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 _PRECISION_HELP = (
     "network arithmetic: auto = bf16 on CUDA; on the CPU bf16 where it has bf16 matrix units (amx_bf16, "
-    "avx512_bf16), else fp32, or int8 in ONNX Runtime (when installed, at a size the weights were trained at) "
-    "where that runs faster on this machine, measured on the first batch and remembered; int8 = ONNX Runtime "
-    "on the CPU with a statically quantized graph (pip install 'fusionlungseg[onnx]'); bf16 on CPUs without "
-    "bf16 units works but is several times slower"
+    "avx512_bf16), else fp32, or int8 in ONNX Runtime or OpenVINO (when installed, at a size the weights "
+    "were trained at) where that runs faster on this machine, measured on the first batch and remembered; "
+    "int8 = ONNX Runtime or OpenVINO on the CPU with a statically quantized graph (pip install "
+    "'fusionlungseg[onnx]' or 'fusionlungseg[openvino]'); bf16 on CPUs without bf16 units works but is "
+    "several times slower"
 )
 
 
@@ -45,10 +46,12 @@ def _add_precision(
         return
     p.add_argument(
         "--backend",
-        choices=["auto", "torch", "onnxruntime"],
+        choices=["auto", "torch", "onnxruntime", "openvino"],
         default="auto",
-        help="engine for the network: auto = ONNX Runtime when it is installed (pip install "
-        "'fusionlungseg[onnx]') and measured faster on this machine (CPU, fp32 or int8), else torch",
+        help="engine for the network: auto = the fastest on this machine's first batch (measured once, "
+        "remembered) of torch and the installed engines that run the precision on the CPU: ONNX Runtime "
+        "(fp32, int8; pip install 'fusionlungseg[onnx]') and OpenVINO (fp32, bf16, int8; pip install "
+        "'fusionlungseg[openvino]')",
     )
 
 

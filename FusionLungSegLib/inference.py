@@ -24,7 +24,16 @@ from .body import BODY_CROP, body_mask, crop_box, slices_that_may_hold_lung
 from .geometry import AxialReorientation
 from .hardware import resolve_precision
 from .model import build_model
-from .onnx_backend import OnnxRuntimeEngine, requested_backend, resolve_backend, weights_key
+from .onnx_backend import (
+    ENGINE_NAMES,
+    ENGINE_PRECISIONS,
+    OnnxRuntimeEngine,
+    OpenVinoEngine,
+    engines_for,
+    requested_backend,
+    resolve_backend,
+    weights_key,
+)
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess_with_report
 from .preprocess import HU_WINDOW, enhance_slices, from_network, to_network
 from .terminology import LUNG_SEGMENTS
@@ -144,15 +153,15 @@ class LungSegmenter:
         skip_slices: skip the network on slices far from any lung-sized air inside the body
             (neck, abdomen, pelvis); see :func:`body.slices_that_may_hold_lung`.
         precision: "auto", "fp32", "bf16" (bf16 autocast around the forward pass; probabilities
-            stay fp32) or "int8" (ONNX Runtime on the CPU, a statically quantized graph; needs the
-            ``onnx`` extra). ``auto``: bf16 on CUDA; on the CPU, bf16 where it has bf16 matrix units,
-            else fp32, and, with onnxruntime installed and weights used at a size they were trained
-            at, int8 instead when it runs the first batch faster (remembered per machine).
+            stay fp32) or "int8" (ONNX Runtime or OpenVINO on the CPU, a statically quantized graph;
+            needs the ``onnx`` or ``openvino`` extra). ``auto``: bf16 on CUDA; on the CPU, bf16 where it
+            has bf16 matrix units, else fp32, and, with onnxruntime installed and weights used at a size
+            they were trained at, int8 instead when it runs the first batch faster (remembered per machine).
             bf16 on a CPU without bf16 units works but warns: it is several times slower.
-        backend: "auto" (on the CPU with onnxruntime installed: whichever of torch and
-            ONNX Runtime runs the first batch faster, remembered per machine), "torch" or "onnxruntime"
-            (the ONNX graph is exported from the loaded weights at first use and cached; see
-            :mod:`FusionLungSegLib.onnx_backend`).
+        backend: "auto" (on the CPU: whichever of torch and the installed engines that run the
+            precision, ONNX Runtime and OpenVINO, runs the first batch fastest, remembered per machine),
+            "torch", "onnxruntime" or "openvino" (the ONNX graph is exported from the loaded weights at
+            first use and cached; see :mod:`FusionLungSegLib.onnx_backend`).
     """
 
     def __init__(
@@ -227,19 +236,30 @@ class LungSegmenter:
         self.skip_slices = skip_slices
         #: the paper's enhancement stage before the network, when the weights were trained with it
         self.enhance = bool(meta.get("enhancement"))
-        #: "torch" or "onnxruntime"; "auto" until the first batch has been timed on both
-        if self.precision_requested == "auto" and requested_backend(backend) == "onnxruntime":
-            self.precision = "int8" if self._int8_may_pay(backend) else "fp32"  # what ONNX Runtime runs
+        #: "torch", "onnxruntime" or "openvino"; "auto" until the first batch has been timed on each
+        pinned = requested_backend(backend)
+        if self.precision_requested == "auto" and pinned in ENGINE_PRECISIONS:
+            if self._int8_may_pay(backend):
+                self.precision = "int8"
+            elif self.precision not in ENGINE_PRECISIONS[pinned]:
+                self.precision = "fp32"  # ONNX Runtime has no bf16
         self.backend = resolve_backend(backend, self.device, self.precision)
-        ort_precision = "int8" if self.precision == "int8" else "fp32"
-        if self.precision_requested == "auto" and self.backend != "onnxruntime" and self._int8_may_pay(backend):
-            self.backend, ort_precision = "auto", "int8"  # torch (bf16 or fp32) against int8, timed
-        self._onnx = None
-        if self.backend != "torch":
-            key = weights_key(weights, sha256, None if from_file else self.model)
-            self._onnx = OnnxRuntimeEngine(
-                self.model, key, self.input_size, precision=ort_precision, calibration=self.calibration_inputs
+        engine_precision = self.precision
+        if self.precision_requested == "auto" and self.backend not in ENGINE_PRECISIONS and self._int8_may_pay(backend):
+            self.backend, engine_precision = "auto", "int8"  # torch (bf16 or fp32) against int8, timed
+        engines = [self.backend] if self.backend in ENGINE_PRECISIONS else []
+        if self.backend == "auto":
+            engines = engines_for(self.device, engine_precision)
+        key = weights_key(weights, sha256, None if from_file else self.model)
+        #: the engines besides torch this segmenter may run: one, or the candidates of ``auto``
+        self._engines = [
+            (OpenVinoEngine if name == "openvino" else OnnxRuntimeEngine)(
+                self.model, key, self.input_size, precision=engine_precision, calibration=self.calibration_inputs
             )
+            for name in engines
+        ]
+        #: the engine that runs the network when it is not torch (before ``auto`` decides: the first candidate)
+        self._onnx = self._engines[0] if self._engines else None
         #: seconds per stage of the last :meth:`run`: checks_and_reorient, body_mask_and_skip, slices
         #: (crop + preprocess + network + back to the slice grid), postprocess_and_qc
         self.last_timings: dict[str, float] = {}
@@ -279,18 +299,24 @@ class LungSegmenter:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, S, S) network input -> (N, 1, S, S) probabilities on the model's device."""
         if self._onnx is not None and self.device.type == "cpu":
-            if self.backend == "auto":  # first batch: time both engines on it, or reuse this machine's verdict
+            if self.backend == "auto":  # first batch: time the candidates on it, or reuse this machine's verdict
+                torch_runs = self.precision != "int8"
                 try:
-                    self.backend = self._onnx.choose(x, self._torch_logits, self.precision)
-                except Exception as exc:  # noqa: BLE001 - auto must not fail a run that torch can do
-                    warnings.warn(
-                        f"ONNX Runtime could not be prepared ({type(exc).__name__}: {exc}); running in torch",
-                        stacklevel=3,
+                    self.backend = self._onnx.choose(
+                        x, self._torch_logits if torch_runs else None, self.precision, rivals=self._engines[1:]
                     )
-                    self.backend, self._onnx = "torch", None
-                if self.backend == "onnxruntime":
+                except Exception as exc:
+                    if not torch_runs:  # int8 asked for by name: torch cannot stand in
+                        raise
+                    names = " and ".join(ENGINE_NAMES[e.runtime] for e in self._engines)
+                    warnings.warn(
+                        f"{names} could not be prepared ({type(exc).__name__}: {exc}); running in torch", stacklevel=3
+                    )
+                    self.backend, self._onnx, self._engines = "torch", None, []
+                if self.backend in ENGINE_PRECISIONS:
+                    self._onnx = next(e for e in self._engines if e.runtime == self.backend)
                     self.precision = self._onnx.precision
-            if self.backend == "onnxruntime":
+            if self.backend in ENGINE_PRECISIONS:
                 return torch.sigmoid(self._onnx.logits(x))
         return torch.sigmoid(self._torch_logits(x).float())
 
@@ -376,8 +402,9 @@ class LungSegmenter:
 
             bar = tqdm(total=n, unit="slice", desc="segmenting")
         z = 0
-        if self._onnx is not None and progress is not None:
-            self._onnx.notify = lambda message: progress(z / n, message)
+        if progress is not None:
+            for engine in self._engines:
+                engine.notify = lambda message: progress(z / n, message)
         try:
             while z < n:
                 if cancel is not None and cancel():
@@ -396,8 +423,8 @@ class LungSegmenter:
         finally:
             if bar is not None:
                 bar.close()
-            if self._onnx is not None:
-                self._onnx.notify = None
+            for engine in self._engines:
+                engine.notify = None
         return mask
 
     # ------------------------------------------------------------ volume

@@ -38,6 +38,7 @@ class HUThresholdSegmenter(LungSegmenter):
         self.backend = "none"
         self.model = None
         self._onnx = None
+        self._engines: list = []
         self.threshold_hu = float(threshold_hu)
         self.meta = {"architecture": "HU threshold", "threshold_hu": self.threshold_hu, "seed": 0}
         self.input_size = None

@@ -36,6 +36,12 @@ class SmallNet(nn.Module):
         return refined, refined * 0.5
 
 
+@pytest.fixture(autouse=True)
+def without_openvino(monkeypatch):
+    """ONNX Runtime alone, as without the openvino extra (test_openvino_backend.py covers both)."""
+    monkeypatch.setattr(OB, "openvino_available", lambda: False)
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path / "cache"))
@@ -58,12 +64,12 @@ def test_resolve_backend_rules(monkeypatch):
         OB.resolve_backend("onnxruntime", cpu, "bf16")
     # int8 runs in ONNX Runtime on the CPU only, whatever the variable says
     assert OB.resolve_backend("auto", cpu, "int8") == "onnxruntime"
-    with pytest.raises(ValueError, match="ONNX Runtime only"):
+    with pytest.raises(ValueError, match="ONNX Runtime or OpenVINO only"):
         OB.resolve_backend("torch", cpu, "int8")
     with pytest.raises(ValueError, match="CPU only"):
         OB.resolve_backend("auto", cuda, "int8")
-    with pytest.raises(ValueError, match="auto, torch, onnxruntime"):
-        OB.resolve_backend("openvino", cpu, "fp32")
+    with pytest.raises(ValueError, match="auto, torch, onnxruntime, openvino"):
+        OB.resolve_backend("tensorrt", cpu, "fp32")
     monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "torch")
     assert OB.resolve_backend("auto", cpu, "fp32") == "torch"
     assert OB.resolve_backend("onnxruntime", cpu, "fp32") == "onnxruntime"  # explicit wins over the variable
@@ -157,7 +163,7 @@ def test_a_run_that_builds_the_graph_says_so_in_its_progress(cache):
 
 
 def test_int8_is_refused_where_it_cannot_run(monkeypatch):
-    with pytest.raises(ValueError, match="ONNX Runtime only"):
+    with pytest.raises(ValueError, match="ONNX Runtime or OpenVINO only"):
         LungSegmenter(model=SmallNet(), device="cpu", precision="int8", backend="torch", progress=False)
     monkeypatch.setattr(OB, "available", lambda: False)
     with pytest.raises(ValueError, match=r"pip install 'fusionlungseg\[onnx\]'"):

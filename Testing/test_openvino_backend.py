@@ -1,0 +1,206 @@
+"""The optional OpenVINO engine: the rules that pick it, its masks against torch's, and 'auto' among three engines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_onnx_backend import FakeClock, SmallNet, _assert_same_masks
+
+from FusionLungSegLib import hardware
+from FusionLungSegLib import onnx_backend as OB
+from FusionLungSegLib import weights as W
+from FusionLungSegLib.inference import LungSegmenter
+
+needs_ov = pytest.mark.skipif(
+    not OB.openvino_available(), reason="openvino, onnx and onnxruntime not all installed (pip install '.[openvino]')"
+)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FUSIONLUNGSEG_BACKEND", raising=False)
+    return tmp_path / "cache"
+
+
+def test_resolve_backend_with_openvino(monkeypatch):
+    monkeypatch.delenv("FUSIONLUNGSEG_BACKEND", raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(OB, "available", lambda: True)
+    monkeypatch.setattr(OB, "openvino_available", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_info", lambda: {"bf16_matrix_units": False})
+    assert OB.engines_for(cpu, "bf16") == []  # no bf16 units: OpenVINO bf16 is no candidate
+    with pytest.raises(ValueError, match="bf16 only on CPUs with bf16 units"):
+        OB.resolve_backend("openvino", cpu, "bf16")
+    monkeypatch.setattr(hardware, "cpu_info", lambda: {"bf16_matrix_units": True})
+    assert OB.engines_for(cpu, "fp32") == ["onnxruntime", "openvino"]
+    assert OB.engines_for(cpu, "bf16") == ["openvino"] and OB.engines_for(cuda, "fp32") == []
+    assert OB.resolve_backend("openvino", cpu, "bf16") == "openvino"
+    assert OB.resolve_backend("auto", cpu, "bf16") == "auto"  # torch bf16 against OpenVINO bf16
+    assert OB.resolve_backend("auto", cpu, "int8") == "auto"  # ONNX Runtime against OpenVINO
+    assert OB.resolve_backend("onnxruntime", cpu, "int8") == "onnxruntime"
+    assert OB.resolve_backend("auto", cuda, "bf16") == "torch"
+    with pytest.raises(ValueError, match="backend openvino: it runs on the CPU only"):
+        OB.resolve_backend("openvino", cuda, "fp32")
+    monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "openvino")
+    assert OB.resolve_backend("auto", cpu, "int8") == "openvino"  # the variable pins the engine
+    monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "torch")
+    assert OB.resolve_backend("auto", cpu, "int8") == "auto"  # int8 asked for by name: the torch pin yields
+    monkeypatch.delenv("FUSIONLUNGSEG_BACKEND")
+    monkeypatch.setattr(OB, "openvino_available", lambda: False)
+    assert (
+        OB.resolve_backend("auto", cpu, "bf16") == "torch" and OB.resolve_backend("auto", cpu, "int8") == "onnxruntime"
+    )
+    with pytest.raises(
+        ValueError, match=r"pip install 'fusionlungseg\[openvino\]'.*pip_install\('onnx onnxruntime openvino'\)"
+    ):
+        OB.resolve_backend("openvino", cpu, "fp32")
+    with pytest.raises(ValueError, match=r"backend openvino: .*fusionlungseg\[openvino\]"):
+        LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", backend="openvino", progress=False)
+
+
+@needs_ov
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("bf16", 0.1), ("int8", 0.1)])
+def test_openvino_runs_the_cached_graphs_close_to_torch(cache, monkeypatch, precision, tolerance):
+    if precision == "bf16" and not hardware.cpu_info()["bf16_matrix_units"]:
+        pytest.skip("OpenVINO bf16 needs a CPU with bf16 units (amx_bf16, avx512_bf16); this one has none")
+    built = []
+    real_quantize = OB.quantize_graph
+    monkeypatch.setattr(OB, "quantize_graph", lambda *a: built.append(a[1]) or real_quantize(*a))
+    ref = LungSegmenter(
+        model=SmallNet(), device="cpu", precision="fp32", input_size=64, backend="torch", progress=False
+    )
+    ov = LungSegmenter(
+        model=SmallNet(), device="cpu", precision=precision, input_size=64, backend="openvino", progress=False
+    )
+    assert (ov.backend, ov.precision, type(ov._onnx).__name__) == ("openvino", precision, "OpenVinoEngine")
+    x = ov.calibration_inputs()
+    p_ref, p_ov = ref._forward(x), ov._forward(x)
+    assert p_ov.shape == p_ref.shape and float((p_ref - p_ov).abs().max()) < tolerance
+    assert float(((p_ref > 0.5) != (p_ov > 0.5)).float().mean()) < 0.01
+    # ONNX Runtime finds the graph OpenVINO ran: one export (and one int8 copy), whichever engine came first
+    ort = LungSegmenter(
+        model=SmallNet(),
+        device="cpu",
+        precision="fp32" if precision == "bf16" else precision,
+        input_size=64,
+        backend="onnxruntime",
+        progress=False,
+    )
+    ort._forward(x)
+    assert len(list(cache.glob("*.onnx"))) == (2 if precision == "int8" else 1) and len(built) == (precision == "int8")
+
+
+@needs_ov
+@pytest.mark.parametrize("fastest", ["torch", "onnxruntime", "openvino"])
+def test_auto_times_all_three_engines_and_remembers(cache, fastest):
+    seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
+    assert seg.backend == "auto" and [e.runtime for e in seg._engines] == ["onnxruntime", "openvino"]
+    clock = FakeClock()
+    seg._onnx.clock = clock
+    seconds = {"torch": 0.3, "onnxruntime": 0.3, "openvino": 0.3, fastest: 0.1}
+
+    def timed(name, fn):
+        def run(x):
+            clock.now += seconds[name] * x.shape[0]
+            return fn(x)
+
+        return run
+
+    seg._torch_logits = timed("torch", seg._torch_logits)
+    for engine in seg._engines:
+        engine.logits = timed(engine.runtime, engine.logits)
+    seg._forward(torch.rand(2, 1, 64, 64))
+    assert seg.backend == fastest
+    assert seg._engines[1].measured == pytest.approx(seconds)
+    if fastest != "torch":
+        assert seg._onnx.runtime == fastest
+    (key,) = json.loads((cache / "backend-verdicts.json").read_text())
+    assert "torch fp32 vs onnxruntime fp32 vs openvino fp32" in key and "openvino 20" in key
+    later = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
+    later._forward(torch.rand(2, 1, 64, 64))
+    assert later.backend == fastest and later._engines[0].measured is None  # the stored verdict
+
+
+@needs_ov
+def test_int8_by_name_chooses_between_the_two_int8_engines_without_torch(cache):
+    seg = LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, batch_size=2, progress=False)
+    assert seg.backend == "auto" and [e.precision for e in seg._engines] == ["int8", "int8"]
+    seg._torch_logits = None  # must not be called
+    out = seg._forward(torch.rand(2, 1, 64, 64))
+    assert seg.backend in ("onnxruntime", "openvino") and seg.precision == "int8" and out.shape == (2, 1, 64, 64)
+    assert set(seg._onnx.measured) == {"onnxruntime", "openvino"}
+
+
+@needs_ov
+def test_bench_compares_openvino_beside_the_others(cache):
+    from FusionLungSegLib import bench
+
+    seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
+    seg._engines = [e for e in seg._engines if e.runtime == "onnxruntime"]  # the fp32 ONNX Runtime engine
+    seg._onnx = seg._engines[0]
+    result = bench.compare_backends(seg, repeats=1)
+    names = ["openvino", "openvino_int8"] + (["openvino_bf16"] if hardware.cpu_info()["bf16_matrix_units"] else [])
+    for name in names:
+        assert result[f"{name}_seconds_per_slice"] > 0 and result[f"{name}_decisions_differing"] < 0.01, name
+    assert result["openvino_max_probability_difference"] < 1e-4
+    text = bench.summary({**_SUMMARY, "backends": result})
+    assert "openvino int8:" in text
+
+
+_SUMMARY = {
+    "cpu": {"name": "test CPU", "cores": 2, "isa": "avx2", "bf16_flags": [], "bf16_matrix_units": False},
+    "device": "cpu",
+    "precision": "fp32",
+    "backend": "auto",
+    "threads": 2,
+    "input_size": 64,
+    "batch_size": 2,
+    "network_seconds_per_slice": 0.1,
+    "network_slices_per_second": 10.0,
+    "pipeline_seconds": 1.0,
+    "pipeline_slices": 10,
+    "pipeline_seconds_per_slice": 0.1,
+    "peak_rss_mb_above_input": 100.0,
+}
+
+
+# ---------------------------------------------------------------- masks with the bundled weights
+@pytest.fixture(scope="module")
+def torch_and_openvino(tmp_path_factory):
+    if not (OB.openvino_available() and W.BUNDLED_SHA256):
+        pytest.skip("needs openvino, onnx and onnxruntime, and the bundled weights")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path_factory.mktemp("ov-cache")))
+    try:
+        yield tuple(
+            LungSegmenter(device="cpu", progress=False, precision=p, backend=b)
+            for p, b in (("fp32", "torch"), ("fp32", "openvino"), ("bf16", "openvino"), ("int8", "openvino"))
+            if p != "bf16" or hardware.cpu_info()["bf16_matrix_units"]  # OpenVINO bf16 needs bf16 units
+        )
+    finally:
+        mp.undo()
+
+
+def test_openvino_masks_match_torch_on_the_sample(torch_and_openvino):
+    """OpenVINO in fp32, bf16 and int8 against fp32 torch: Dice >= 0.995 per lung, same QC verdict."""
+    from conftest import SAMPLE_DICOM
+
+    from FusionLungSegLib.io import read_image
+
+    _assert_same_masks(read_image(SAMPLE_DICOM), torch_and_openvino, "bundled sample")
+
+
+def test_openvino_masks_match_torch_on_a_real_volume(torch_and_openvino):
+    import SimpleITK as sitk
+    from conftest import DATA, require
+
+    from FusionLungSegLib.io import read_image
+
+    image = read_image(require(DATA / "dev" / "C3N-00247_chest_ct.nii.gz"))
+    part = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)[30:70:4]))
+    part.SetSpacing(image.GetSpacing())
+    _assert_same_masks(part, torch_and_openvino, "C3N-00247 slices 30-70")
