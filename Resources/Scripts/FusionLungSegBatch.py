@@ -97,7 +97,8 @@ def parse_args(argv):
         choices=["auto", "fp32", "bf16", "int8"],
         default="auto",
         help="auto: bf16 on CUDA; on the CPU bf16 with bf16 matrix units (amx_bf16, avx512_bf16), else fp32, "
-        "or int8 in ONNX Runtime where installed and faster; int8: ONNX Runtime on the CPU (the onnx extra)",
+        "or int8 in ONNX Runtime or OpenVINO where installed and faster; int8: ONNX Runtime or OpenVINO on the "
+        "CPU (the onnx or openvino extra)",
     )
     p.add_argument("--fast", action="store_true", help="160 px network input (the bundled model runs at 160 px anyway)")
     p.add_argument("--input-size", type=int, help="network input in pixels (default: the model's own)")
