@@ -313,6 +313,9 @@ class LungSegmenter:
                         f"{names} could not be prepared ({type(exc).__name__}: {exc}); running in torch", stacklevel=3
                     )
                     self.backend, self._onnx, self._engines = "torch", None, []
+                for engine in self._engines:
+                    if engine.runtime != self.backend:
+                        engine._session = None  # the engines not chosen free their compiled graphs
                 if self.backend in ENGINE_PRECISIONS:
                     self._onnx = next(e for e in self._engines if e.runtime == self.backend)
                     self.precision = self._onnx.precision

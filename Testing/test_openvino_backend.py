@@ -116,6 +116,7 @@ def test_auto_times_all_three_engines_and_remembers(cache, fastest):
     seg._forward(torch.rand(2, 1, 64, 64))
     assert seg.backend == fastest
     assert seg._engines[1].measured == pytest.approx(seconds)
+    assert all((e._session is None) == (e.runtime != fastest) for e in seg._engines)  # the others freed
     if fastest != "torch":
         assert seg._onnx.runtime == fastest
     (key,) = json.loads((cache / "backend-verdicts.json").read_text())
