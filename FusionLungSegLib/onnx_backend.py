@@ -482,6 +482,16 @@ class OpenVinoEngine(OnnxRuntimeEngine):
         import openvino as ov
 
         core = ov.Core()
+        if (
+            self.precision != "fp32"
+        ):  # OpenVINO's cache of compiled int8/bf16 graphs: 0.2 s instead of 0.5-0.7 s to load
+            blobs = cache_dir() / "openvino"  # (fp32 compiles in 0.2 s anyway; its blob would take 180 MB)
+            try:
+                blobs.mkdir(parents=True, exist_ok=True)
+                if os.access(blobs, os.W_OK):
+                    core.set_property({"CACHE_DIR": str(blobs)})
+            except OSError:  # a read-only cache only costs compiling again
+                pass
         compiled = core.compile_model(
             core.read_model(str(path)),
             "CPU",

@@ -92,6 +92,8 @@ def test_openvino_runs_the_cached_graphs_close_to_torch(cache, monkeypatch, prec
     )
     ort._forward(x)
     assert len(list(cache.glob("*.onnx"))) == (2 if precision == "int8" else 1) and len(built) == (precision == "int8")
+    compiled = list((cache / "openvino").glob("*")) if (cache / "openvino").is_dir() else []
+    assert bool(compiled) == (precision != "fp32")  # OpenVINO keeps compiled int8 and bf16 graphs, not fp32
 
 
 @needs_ov
