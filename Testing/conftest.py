@@ -26,6 +26,14 @@ if "FUSIONLUNGSEG_CACHE" not in os.environ:
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def engine_cache(tmp_path, monkeypatch):
+    """A throw-away cache folder for exported graphs and backend verdicts, and no engine pinned for auto."""
+    monkeypatch.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FUSIONLUNGSEG_BACKEND", raising=False)
+    return tmp_path / "cache"
+
+
 def require(path: Path) -> Path:
     """Skip with a clear reason when a real-data file is absent."""
     if not path.exists():

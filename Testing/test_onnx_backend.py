@@ -42,13 +42,6 @@ def without_openvino(monkeypatch):
     monkeypatch.setattr(OB, "openvino_available", lambda: False)
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("FUSIONLUNGSEG_BACKEND", raising=False)
-    return tmp_path / "cache"
-
-
 def test_resolve_backend_rules(monkeypatch):
     monkeypatch.delenv("FUSIONLUNGSEG_BACKEND", raising=False)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -106,7 +99,7 @@ def test_weights_key(random_weights):
 
 
 @needs_ort
-def test_onnxruntime_matches_torch_and_the_graph_is_cached_by_weights(cache):
+def test_onnxruntime_matches_torch_and_the_graph_is_cached_by_weights(engine_cache):
     torch_seg = LungSegmenter(
         model=SmallNet(), device="cpu", precision="fp32", input_size=64, progress=False, backend="torch"
     )
@@ -117,19 +110,19 @@ def test_onnxruntime_matches_torch_and_the_graph_is_cached_by_weights(cache):
     for size in (64, 96):  # one graph, any multiple of 32
         x = torch.rand(3, 1, size, size)
         np.testing.assert_allclose(ort_seg._forward(x), torch_seg._forward(x), atol=1e-5)
-    graphs = list(cache.glob("*.onnx"))
+    graphs = list(engine_cache.glob("*.onnx"))
     assert len(graphs) == 1 and OB.state_sha256(ort_seg.model) in graphs[0].name
     mtime = graphs[0].stat().st_mtime_ns
     again = LungSegmenter(
         model=SmallNet(), device="cpu", precision="fp32", input_size=64, progress=False, backend="onnxruntime"
     )
     again._forward(torch.rand(1, 1, 64, 64))
-    assert [p.stat().st_mtime_ns for p in cache.glob("*.onnx")] == [mtime]  # reused, not exported again
-    assert not list(cache.glob(".tmp-*"))
+    assert [p.stat().st_mtime_ns for p in engine_cache.glob("*.onnx")] == [mtime]  # reused, not exported again
+    assert not list(engine_cache.glob(".tmp-*"))
 
 
 @needs_ort
-def test_int8_graph_is_quantized_from_real_ct_once_and_close_to_fp32(cache, monkeypatch):
+def test_int8_graph_is_quantized_from_real_ct_once_and_close_to_fp32(engine_cache, monkeypatch):
     built = []
     real_quantize = OB.quantize_graph
     monkeypatch.setattr(OB, "quantize_graph", lambda *a: built.append(a[2]) or real_quantize(*a))
@@ -141,15 +134,15 @@ def test_int8_graph_is_quantized_from_real_ct_once_and_close_to_fp32(cache, monk
     p32, p8 = fp32._forward_with_retry(x), int8._forward_with_retry(x)
     assert float((p32 - p8).abs().max()) < 0.1 and float(((p32 > 0.5) != (p8 > 0.5)).float().mean()) < 0.01
     assert len(built) == 1 and torch.equal(built[0], x)  # calibrated on the sample as the segmenter prepares it
-    names = sorted(g.name for g in cache.glob("*.onnx"))
+    names = sorted(g.name for g in engine_cache.glob("*.onnx"))
     assert len(names) == 2 and names[0] == names[1][: -len(".onnx")] + f"-int8-q{OB.INT8_FORMAT}-64px.onnx"
     again = LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, progress=False)
     again._forward(x)
-    assert len(built) == 1 and not list(cache.glob(".tmp-*"))  # cached: not quantized again
+    assert len(built) == 1 and not list(engine_cache.glob(".tmp-*"))  # cached: not quantized again
 
 
 @needs_ort
-def test_a_run_that_builds_the_graph_says_so_in_its_progress(cache):
+def test_a_run_that_builds_the_graph_says_so_in_its_progress(engine_cache):
     from conftest import make_phantom
 
     image, _ = make_phantom(np.eye(3))
@@ -194,7 +187,7 @@ def test_auto_times_int8_only_for_trained_sizes_on_the_cpu(monkeypatch):
 
 @needs_ort
 @pytest.mark.parametrize("torch_s, int8_s, expected", [(0.3, 0.1, "int8"), (0.1, 0.3, "fp32")])
-def test_auto_precision_takes_int8_when_it_is_faster(cache, monkeypatch, torch_s, int8_s, expected):
+def test_auto_precision_takes_int8_when_it_is_faster(engine_cache, monkeypatch, torch_s, int8_s, expected):
     monkeypatch.setattr(LungSegmenter, "_int8_may_pay", lambda self, backend: True)
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="auto", input_size=64, batch_size=2, progress=False)
     seg.precision = "fp32"  # as on a CPU without bf16 units, whatever this one has
@@ -213,12 +206,12 @@ def test_auto_precision_takes_int8_when_it_is_faster(cache, monkeypatch, torch_s
     seg._torch_logits, engine.logits = timed(real_torch, torch_s), timed(real_ort, int8_s)
     seg._forward(torch.rand(2, 1, 64, 64))
     assert seg.precision == expected and seg.backend == ("onnxruntime" if expected == "int8" else "torch")
-    (key,) = json.loads((cache / "backend-verdicts.json").read_text())
+    (key,) = json.loads((engine_cache / "backend-verdicts.json").read_text())
     assert "torch fp32 vs onnxruntime int8" in key  # not mistaken for the fp32-against-fp32 verdict
 
 
 @needs_ort
-def test_auto_runs_torch_when_the_onnx_graph_cannot_be_built(cache, monkeypatch):
+def test_auto_runs_torch_when_the_onnx_graph_cannot_be_built(engine_cache, monkeypatch):
     def broken(*args):
         raise OSError("disk full")
 
@@ -245,7 +238,7 @@ class FakeClock:
 
 @needs_ort
 @pytest.mark.parametrize("torch_s, ort_s, expected", [(0.3, 0.2, "onnxruntime"), (0.2, 0.3, "torch")])
-def test_auto_keeps_the_faster_engine_and_remembers(cache, torch_s, ort_s, expected):
+def test_auto_keeps_the_faster_engine_and_remembers(engine_cache, torch_s, ort_s, expected):
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
     assert seg.backend == "auto"
     engine, clock = seg._onnx, FakeClock()
@@ -266,7 +259,7 @@ def test_auto_keeps_the_faster_engine_and_remembers(cache, torch_s, ort_s, expec
     seg._forward(torch.rand(2, 1, 64, 64))
     assert seg.backend == expected
     assert engine.measured == pytest.approx({"torch": torch_s, "onnxruntime": ort_s})
-    verdicts = json.loads((cache / "backend-verdicts.json").read_text())
+    verdicts = json.loads((engine_cache / "backend-verdicts.json").read_text())
     (entry,) = verdicts.values()
     assert entry["backend"] == expected
     # A new segmenter on this machine takes the stored verdict without measuring again.
@@ -277,7 +270,7 @@ def test_auto_keeps_the_faster_engine_and_remembers(cache, torch_s, ort_s, expec
 
 
 @needs_ort
-def test_bench_compares_engines_side_by_side(cache, tmp_path):
+def test_bench_compares_engines_side_by_side(engine_cache, tmp_path):
     from FusionLungSegLib import bench
 
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
@@ -341,10 +334,15 @@ def test_onnxruntime_masks_match_torch_on_the_sample(torch_and_onnx):
     _assert_same_masks(read_image(SAMPLE_DICOM), torch_and_onnx, "bundled sample")
 
 
-def test_onnxruntime_masks_match_torch_on_a_real_volume(torch_and_onnx):
+def c3n_lung_slices():
+    """Ten lung slices (30-70, every fourth) of the real dev volume C3N-00247, as an image with its spacing."""
     from FusionLungSegLib.io import read_image
 
     image = read_image(require(DATA / "dev" / "C3N-00247_chest_ct.nii.gz"))
     part = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)[30:70:4]))
     part.SetSpacing(image.GetSpacing())
-    _assert_same_masks(part, torch_and_onnx, "C3N-00247 slices 30-70")
+    return part
+
+
+def test_onnxruntime_masks_match_torch_on_a_real_volume(torch_and_onnx):
+    _assert_same_masks(c3n_lung_slices(), torch_and_onnx, "C3N-00247 slices 30-70")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from test_onnx_backend import FakeClock, SmallNet, _assert_same_masks
+from test_onnx_backend import FakeClock, SmallNet, _assert_same_masks, c3n_lung_slices
 
 from FusionLungSegLib import hardware
 from FusionLungSegLib import onnx_backend as OB
@@ -17,13 +16,6 @@ from FusionLungSegLib.inference import LungSegmenter
 needs_ov = pytest.mark.skipif(
     not OB.openvino_available(), reason="openvino, onnx and onnxruntime not all installed (pip install '.[openvino]')"
 )
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("FUSIONLUNGSEG_BACKEND", raising=False)
-    return tmp_path / "cache"
 
 
 def test_resolve_backend_with_openvino(monkeypatch):
@@ -64,7 +56,7 @@ def test_resolve_backend_with_openvino(monkeypatch):
 
 @needs_ov
 @pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("bf16", 0.1), ("int8", 0.1)])
-def test_openvino_runs_the_cached_graphs_close_to_torch(cache, monkeypatch, precision, tolerance):
+def test_openvino_runs_the_cached_graphs_close_to_torch(engine_cache, monkeypatch, precision, tolerance):
     if precision == "bf16" and not hardware.cpu_info()["bf16_matrix_units"]:
         pytest.skip("OpenVINO bf16 needs a CPU with bf16 units (amx_bf16, avx512_bf16); this one has none")
     built = []
@@ -91,14 +83,16 @@ def test_openvino_runs_the_cached_graphs_close_to_torch(cache, monkeypatch, prec
         progress=False,
     )
     ort._forward(x)
-    assert len(list(cache.glob("*.onnx"))) == (2 if precision == "int8" else 1) and len(built) == (precision == "int8")
-    compiled = list((cache / "openvino").glob("*")) if (cache / "openvino").is_dir() else []
+    assert len(list(engine_cache.glob("*.onnx"))) == (2 if precision == "int8" else 1) and len(built) == (
+        precision == "int8"
+    )
+    compiled = list((engine_cache / "openvino").glob("*")) if (engine_cache / "openvino").is_dir() else []
     assert bool(compiled) == (precision != "fp32")  # OpenVINO keeps compiled int8 and bf16 graphs, not fp32
 
 
 @needs_ov
 @pytest.mark.parametrize("fastest", ["torch", "onnxruntime", "openvino"])
-def test_auto_times_all_three_engines_and_remembers(cache, fastest):
+def test_auto_times_all_three_engines_and_remembers(engine_cache, fastest):
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
     assert seg.backend == "auto" and [e.runtime for e in seg._engines] == ["onnxruntime", "openvino"]
     clock = FakeClock()
@@ -121,7 +115,7 @@ def test_auto_times_all_three_engines_and_remembers(cache, fastest):
     assert all((e._session is None) == (e.runtime != fastest) for e in seg._engines)  # the others freed
     if fastest != "torch":
         assert seg._onnx.runtime == fastest
-    (key,) = json.loads((cache / "backend-verdicts.json").read_text())
+    (key,) = json.loads((engine_cache / "backend-verdicts.json").read_text())
     assert "torch fp32 vs onnxruntime fp32 vs openvino fp32" in key and "openvino 20" in key
     later = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
     later._forward(torch.rand(2, 1, 64, 64))
@@ -129,7 +123,7 @@ def test_auto_times_all_three_engines_and_remembers(cache, fastest):
 
 
 @needs_ov
-def test_int8_by_name_chooses_between_the_two_int8_engines_without_torch(cache):
+def test_int8_by_name_chooses_between_the_two_int8_engines_without_torch(engine_cache):
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, batch_size=2, progress=False)
     assert seg.backend == "auto" and [e.precision for e in seg._engines] == ["int8", "int8"]
     seg._torch_logits = None  # must not be called
@@ -139,7 +133,7 @@ def test_int8_by_name_chooses_between_the_two_int8_engines_without_torch(cache):
 
 
 @needs_ov
-def test_bench_compares_openvino_beside_the_others(cache):
+def test_bench_compares_openvino_beside_the_others(engine_cache):
     from FusionLungSegLib import bench
 
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
@@ -198,12 +192,4 @@ def test_openvino_masks_match_torch_on_the_sample(torch_and_openvino):
 
 
 def test_openvino_masks_match_torch_on_a_real_volume(torch_and_openvino):
-    import SimpleITK as sitk
-    from conftest import DATA, require
-
-    from FusionLungSegLib.io import read_image
-
-    image = read_image(require(DATA / "dev" / "C3N-00247_chest_ct.nii.gz"))
-    part = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)[30:70:4]))
-    part.SetSpacing(image.GetSpacing())
-    _assert_same_masks(part, torch_and_openvino, "C3N-00247 slices 30-70")
+    _assert_same_masks(c3n_lung_slices(), torch_and_openvino, "C3N-00247 slices 30-70")
