@@ -17,7 +17,7 @@ segmenter's input size), and cached beside it per input size.
 
 OpenVINO runs the same two graphs (fp32, int8) and also bf16 (its CPU plugin
 converts the fp32 graph where the CPU has bf16 units); on an AVX-512 CPU with
-bf16 and VNNI units it ran the network 1.3-1.6x faster than ONNX Runtime in int8
+bf16 and VNNI units it ran the network 1.25-1.3x faster than ONNX Runtime in int8
 and 1.4x faster than torch in bf16.
 
 ``backend="auto"`` (unless ``FUSIONLUNGSEG_BACKEND`` names an engine) times
