@@ -238,14 +238,15 @@ class LungSegmenter:
         self.enhance = bool(meta.get("enhancement"))
         #: "torch", "onnxruntime" or "openvino"; "auto" until the first batch has been timed on each
         pinned = requested_backend(backend)
+        int8_may_pay = self.precision_requested == "auto" and self._int8_may_pay(backend)
         if self.precision_requested == "auto" and pinned in ENGINE_PRECISIONS:
-            if self._int8_may_pay(backend):
+            if int8_may_pay:
                 self.precision = "int8"
             elif self.precision not in ENGINE_PRECISIONS[pinned]:
                 self.precision = "fp32"  # ONNX Runtime has no bf16
         self.backend = resolve_backend(backend, self.device, self.precision)
         engine_precision = self.precision
-        if self.precision_requested == "auto" and self.backend not in ENGINE_PRECISIONS and self._int8_may_pay(backend):
+        if int8_may_pay and self.backend not in ENGINE_PRECISIONS:
             self.backend, engine_precision = "auto", "int8"  # torch (bf16 or fp32) against int8, timed
         engines = [self.backend] if self.backend in ENGINE_PRECISIONS else []
         if self.backend == "auto":
@@ -315,7 +316,7 @@ class LungSegmenter:
                     self.backend, self._onnx, self._engines = "torch", None, []
                 for engine in self._engines:
                     if engine.runtime != self.backend:
-                        engine._session = None  # the engines not chosen free their compiled graphs
+                        engine.release()  # the engines not chosen free their compiled graphs
                 if self.backend in ENGINE_PRECISIONS:
                     self._onnx = next(e for e in self._engines if e.runtime == self.backend)
                     self.precision = self._onnx.precision

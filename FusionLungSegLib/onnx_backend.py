@@ -29,6 +29,7 @@ candidates, so later runs do not measure again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -177,12 +178,8 @@ def resolve_backend(backend: str | None, device: torch.device, precision: str) -
             raise ValueError(
                 f"precision int8 needs onnxruntime and onnx ({_INSTALL['onnxruntime']}); or use precision auto"
             )
-        if b in ENGINE_PRECISIONS:
-            why = _why_not(b, device, precision)
-            if why:
-                raise ValueError(f"backend {b}: {why}")
-            return b
-        return "auto" if len(engines_for(device, precision)) > 1 else "onnxruntime"
+        if b == "torch":
+            b = "auto"
     if b == "torch":
         return b
     if b in ENGINE_PRECISIONS:
@@ -190,7 +187,10 @@ def resolve_backend(backend: str | None, device: torch.device, precision: str) -
         if why:
             raise ValueError(f"backend {b}: {why}")
         return b
-    return "auto" if engines_for(device, precision) else "torch"
+    candidates = engines_for(device, precision)
+    if precision == "int8" and len(candidates) == 1:  # torch cannot run int8: nothing to compare
+        return candidates[0]
+    return "auto" if candidates else "torch"
 
 
 def weights_key(weights: str | Path | None, sha256: str | None, model: nn.Module | None) -> Callable[[], str]:
@@ -198,6 +198,7 @@ def weights_key(weights: str | Path | None, sha256: str | None, model: nn.Module
     the bundled file's known hash (``weights`` None), the given ``sha256`` or the file's own hash,
     or, for a network given in memory (``model``), the hash of its state dict."""
 
+    @functools.cache  # one hash however many engines share the key
     def key() -> str:
         from .weights import BUNDLED_SHA256, sha256_of
 
@@ -372,6 +373,10 @@ class OnnxRuntimeEngine:
             self._session = self._load(self._build_graphs(), threads)
             self._threads = threads
         return self._session
+
+    def release(self) -> None:
+        """Free the loaded graph (it is loaded again if this engine runs after all)."""
+        self._session = None
 
     def _load(self, path: Path, threads: int):
         import onnxruntime as ort

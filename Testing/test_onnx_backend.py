@@ -86,8 +86,14 @@ def test_cache_folder(monkeypatch, tmp_path):
     assert OB.cache_dir() == tmp_path / "xdg" / "fusionlungseg"
 
 
-def test_weights_key(random_weights):
+def test_weights_key(random_weights, monkeypatch):
     assert OB.weights_key(None, None, None)() == W.BUNDLED_SHA256
+    calls = []
+    real = W.sha256_of
+    monkeypatch.setattr(W, "sha256_of", lambda path: calls.append(path) or real(path))
+    shared = OB.weights_key(random_weights, None, None)  # what the engines of one segmenter share
+    assert shared() == shared() == real(random_weights) and len(calls) == 1  # the file is hashed once
+    monkeypatch.undo()
     assert OB.weights_key(random_weights, None, None)() == W.sha256_of(random_weights)
     assert OB.weights_key(random_weights, "ABC", None)() == "abc"
     a, b = OB.weights_key(None, None, SmallNet())(), OB.weights_key(None, None, SmallNet())()
@@ -297,19 +303,24 @@ def test_bench_compares_engines_side_by_side(engine_cache, tmp_path):
 
 
 # ---------------------------------------------------------------- masks with the bundled weights
+def bundled_segmenters(tmp_path_factory, configs):
+    """For a module fixture to ``yield from``: bundled-model segmenters, one per (precision, backend),
+    whose graphs go to a throw-away cache folder for the module's tests."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path_factory.mktemp("engine-cache")))
+    try:
+        yield tuple(LungSegmenter(device="cpu", progress=False, precision=p, backend=b) for p, b in configs)
+    finally:
+        mp.undo()
+
+
 @pytest.fixture(scope="module")
 def torch_and_onnx(tmp_path_factory):
     if not (OB.available() and W.BUNDLED_SHA256):
         pytest.skip("needs onnxruntime and onnx, and the bundled weights")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
-    try:
-        yield tuple(
-            LungSegmenter(device="cpu", progress=False, precision=p, backend=b)
-            for p, b in (("fp32", "torch"), ("fp32", "onnxruntime"), ("int8", "onnxruntime"))
-        )
-    finally:
-        mp.undo()
+    yield from bundled_segmenters(
+        tmp_path_factory, (("fp32", "torch"), ("fp32", "onnxruntime"), ("int8", "onnxruntime"))
+    )
 
 
 def _dice(a, b):

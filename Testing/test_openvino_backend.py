@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_onnx_backend import FakeClock, SmallNet, _assert_same_masks, c3n_lung_slices
+from test_onnx_backend import FakeClock, SmallNet, _assert_same_masks, bundled_segmenters, c3n_lung_slices
 
 from FusionLungSegLib import hardware
 from FusionLungSegLib import onnx_backend as OB
@@ -170,16 +170,9 @@ _SUMMARY = {
 def torch_and_openvino(tmp_path_factory):
     if not (OB.openvino_available() and W.BUNDLED_SHA256):
         pytest.skip("needs openvino, onnx and onnxruntime, and the bundled weights")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path_factory.mktemp("ov-cache")))
-    try:
-        yield tuple(
-            LungSegmenter(device="cpu", progress=False, precision=p, backend=b)
-            for p, b in (("fp32", "torch"), ("fp32", "openvino"), ("bf16", "openvino"), ("int8", "openvino"))
-            if p != "bf16" or hardware.cpu_info()["bf16_matrix_units"]  # OpenVINO bf16 needs bf16 units
-        )
-    finally:
-        mp.undo()
+    configs = (("fp32", "torch"), ("fp32", "openvino"), ("bf16", "openvino"), ("int8", "openvino"))
+    bf16_units = hardware.cpu_info()["bf16_matrix_units"]  # OpenVINO bf16 needs them
+    yield from bundled_segmenters(tmp_path_factory, [(p, b) for p, b in configs if p != "bf16" or bf16_units])
 
 
 def test_openvino_masks_match_torch_on_the_sample(torch_and_openvino):
