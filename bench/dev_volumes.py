@@ -3,6 +3,12 @@ recorded lung-free slices, the QC verdict, and an axial strip PNG of each volume
 
     python bench/dev_volumes.py --out runs/dev [--weights FILE] [--input-size N] [--precision P] [--data DIR]
     python bench/dev_volumes.py --out runs/dev --labels-dir DIR   # score label maps made earlier
+    python bench/dev_volumes.py --out runs/crops --crops [--crop-names a,b] [--volumes a,b]
+
+``--crops`` runs every dev volume with lungs through the crop suite of :mod:`FusionLungSegLib.crops`
+(cardiac field, Crop Volume ROIs, halves, anterior/posterior 60 %, upper/lower half) and compares each
+crop's labels with the full volume's labels inside it (and with the reference where one exists): Dice
+per side, share of a side labelled as the other, QC verdict. Writes ``OUT/crops.json`` and a strip per crop.
 
 ``--labels-dir`` reads ``DIR/<name>_lungs.nii.gz`` instead of segmenting (e.g. an older version's output).
 Writes ``OUT/dev_volumes.json`` and ``OUT/strip_<name>.png``; prints one line per volume.
@@ -18,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from FusionLungSegLib.crops import CROP_NAMES, compare_sides, crop_image, crop_suite, resample_like
 from FusionLungSegLib.data import default_data_dir, lung_free_catalogue
 from FusionLungSegLib.evaluate import evaluate_label_images
 from FusionLungSegLib.geometry import AxialReorientation
@@ -56,6 +63,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--method", choices=("network", "hu-threshold"), default="network", help="hu-threshold: baseline")
     ap.add_argument("--labels-dir", help="score <name>_lungs.nii.gz label maps from this folder instead")
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
+    ap.add_argument("--crops", action="store_true", help="run the crop suite instead (see above)")
+    ap.add_argument("--crop-names", help="comma-separated subset of the crop suite")
+    ap.add_argument("--volumes", help="comma-separated subset of the dev volumes (names as printed)")
     args = ap.parse_args(argv)
     data = Path(args.data) if args.data else default_data_dir()
     out = Path(args.out)
@@ -71,8 +81,14 @@ def main(argv=None) -> dict:
             seg = LungSegmenter(
                 args.weights, device="cpu", input_size=args.input_size, progress=False, precision=args.precision
             )
+    volumes = {k: v for k, v in VOLUMES.items() if not args.volumes or k in args.volumes.split(",")}
+    if args.crops:
+        if seg is None:
+            raise SystemExit("--crops segments the crops: it does not take --labels-dir")
+        names = tuple(args.crop_names.split(",")) if args.crop_names else CROP_NAMES
+        return run_crops(seg, data, out, volumes, names)
     rows = {}
-    for name, (ct_path, ref_path) in VOLUMES.items():
+    for name, (ct_path, ref_path) in volumes.items():
         if not (data / ct_path).exists():
             print(f"{name}: not found under {data}, skipped")
             continue
@@ -113,6 +129,53 @@ def main(argv=None) -> dict:
             flush=True,
         )
     (out / "dev_volumes.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def run_crops(seg, data: Path, out: Path, volumes: dict, names=CROP_NAMES) -> dict:
+    """Every crop of every dev volume with lungs: its labels against the full volume's labels inside it."""
+    rows: dict = {}
+    for name, (ct_path, ref_path) in volumes.items():
+        if not (data / ct_path).exists():
+            print(f"{name}: not found under {data}, skipped")
+            continue
+        image = read_image(data / ct_path)
+        full = seg.run(image)
+        if min(full.qc["measures"]["right_lung_ml"], full.qc["measures"]["left_lung_ml"]) < 100:
+            print(f"{name}: fewer than two lungs on the full volume, no crops")
+            continue
+        ref = (
+            sitk.Cast(read_image(data / ref_path), sitk.sitkUInt8) if ref_path and (data / ref_path).exists() else None
+        )
+        for spec in crop_suite(image, full.labels, names):
+            crop = crop_image(image, spec)
+            t0 = time.perf_counter()
+            result = seg.run(crop)
+            row: dict = {"seconds": round(time.perf_counter() - t0, 1), "size": crop.GetSize()}
+            voxel_ml = float(np.prod(crop.GetSpacing())) / 1000.0
+            pred = sitk.GetArrayViewFromImage(result.labels)
+            answers = {"full": full.labels, **({"reference": ref} if ref is not None else {})}
+            for key, answer in answers.items():
+                on_crop = sitk.GetArrayFromImage(resample_like(answer, crop))  # a copy: the image is a temporary
+                row[key] = {k: round(v, 4) for k, v in compare_sides(pred, on_crop, voxel_ml).items()}
+            row["qc_ok"], row["qc_flags"] = result.qc["ok"], result.qc["flags"]
+            row["qc_measures"] = result.qc["measures"]
+            rows[f"{name}/{spec.name}"] = row
+            axial_strip_png(crop, result.labels, out / f"crop_{name}_{spec.name}.png", tile=128)
+            f = row["full"]
+            print(
+                f"{name}/{spec.name}: vs full R {f['dice_right']:.3f} ({f['ref_right_ml']:.0f} mL, "
+                f"{f['right_as_other']:.1%} as L), L {f['dice_left']:.3f} ({f['ref_left_ml']:.0f} mL, "
+                f"{f['left_as_other']:.1%} as R)"
+                + (
+                    f"; vs ref R {row['reference']['dice_right']:.3f} L {row['reference']['dice_left']:.3f}"
+                    if "reference" in row
+                    else ""
+                )
+                + f"; qc ok={row['qc_ok']} {len(row['qc_flags'])} flags; {row['seconds']} s",
+                flush=True,
+            )
+    (out / "crops.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
