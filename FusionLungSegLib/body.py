@@ -109,6 +109,25 @@ def _block_majority(mask: np.ndarray, step: int) -> np.ndarray:
     return out
 
 
+def _block_fraction(hu: np.ndarray, lo: float, hi: float, step: int) -> np.ndarray:
+    """Share of each ``step`` x ``step`` block's pixels with ``lo < HU < hi`` (the grid of :func:`_block_majority`)."""
+    import cv2
+
+    z, h, w = hu.shape
+    hh, ww = -(-h // step) * step, -(-w // step) * step
+    out = np.empty((z, hh // step, ww // step), np.float32)
+    for k in range(z):
+        m = ((hu[k] > lo) & (hu[k] < hi)).astype(np.float32)
+        if (hh, ww) != (h, w):
+            m = cv2.copyMakeBorder(m, 0, hh - h, 0, ww - w, cv2.BORDER_REPLICATE)
+        out[k] = cv2.resize(m, (ww // step, hh // step), interpolation=cv2.INTER_AREA) if step > 1 else m
+    return out
+
+
+#: HU of aerated lung (above: tissue; below: the air outside a patient, about -1000 HU).
+PARENCHYMA_HU = (-950.0, -400.0)
+
+
 def body_mask(
     hu: np.ndarray,
     spacing_zyx=None,
@@ -116,6 +135,7 @@ def body_mask(
     opening_mm: float = 3.0,
     working_mm: float = 2.0,
     border_gap_mm: float = 60.0,
+    lung_at_border: float = 0.4,
 ) -> np.ndarray:
     """The patient's body on a canonical HU volume ``[z, y, x]`` (bool, same shape).
 
@@ -126,7 +146,11 @@ def body_mask(
     body (cushion shells, the table top, blankets: a few mm) are not part of it;
     a chest wall, even a thin one, is thicker.  Where the field of view cuts
     through the chest, stretches of image border up to ``border_gap_mm`` long
-    between body pixels count as closed, so lungs cut by the border stay inside.
+    between body pixels count as closed, so lungs cut by the border stay inside;
+    a longer stretch (a lung cut along its whole depth, as in a cardiac
+    reconstruction) is closed when the region behind it is aerated lung, not
+    the air around a patient: at least ``lung_at_border`` of its pixels between
+    -950 and -400 HU, against about none for air (-1000 HU).
     """
     hu = np.asarray(hu)
     if hu.ndim != 3:
@@ -153,6 +177,8 @@ def body_mask(
     else:
         body = _largest_component(tissue)
     body = _fill_holes_cut_by_border(body, int(round(border_gap_mm / (pixel * step))))
+    if lung_at_border and _touches_border(body).any():
+        body = _fill_lung_cut_by_border(body, hu, step, lung_at_border)
     body = body.repeat(step, axis=1).repeat(step, axis=2)
     return np.ascontiguousarray(body[:, : hu.shape[1], : hu.shape[2]])
 
@@ -191,6 +217,54 @@ def _fill_holes_cut_by_border(body: np.ndarray, max_gap: int) -> np.ndarray:
     padded[:, -1, 1:-2] |= bottom[:, ::-1]
     padded[:, 2:-2, 0] |= left[:, ::-1]
     return fill_holes_axial(padded)[:, 1:-1, 1:-1] | fill_holes_axial(body)
+
+
+def _touches_border(body: np.ndarray) -> np.ndarray:
+    """Per slice of a ``[z, y, x]`` mask: whether it reaches the image border."""
+    return (
+        body[:, 0, :].any(axis=1) | body[:, -1, :].any(axis=1) | body[:, :, 0].any(axis=1) | body[:, :, -1].any(axis=1)
+    )
+
+
+def _ring(plane: np.ndarray) -> np.ndarray:
+    """The border pixels of a 2D array in order around it (clockwise from the top-left corner)."""
+    return np.concatenate([plane[0, :], plane[1:, -1], plane[-1, -2::-1], plane[-2:0:-1, 0]])
+
+
+def _fill_lung_cut_by_border(body: np.ndarray, hu: np.ndarray, step: int, min_share: float) -> np.ndarray:
+    """Add to the body the regions open to the image border between body pixels that hold aerated lung.
+
+    Per slice that reaches the border: a background region touching the border along at most four
+    stretches and less than half of the border, of which ``min_share`` or more is lung-density
+    (:data:`PARENCHYMA_HU`), is a lung the field of view cuts.  The air around a patient is darker.
+    """
+    import cv2
+
+    out = body.copy()
+    for k in np.flatnonzero(_touches_border(body)):
+        background = (~body[k]).view(np.uint8)
+        n, labels = cv2.connectedComponents(background, connectivity=4)
+        if n <= 1:
+            continue
+        ring = _ring(labels)
+        touching = np.unique(ring[ring > 0])
+        if touching.size == 0:
+            continue
+        share = None
+        for c in touching:
+            on_ring = ring == c
+            if on_ring.mean() >= 0.5:
+                continue
+            runs = np.count_nonzero(on_ring & ~np.roll(on_ring, 1))
+            if runs > 4:
+                continue
+            if share is None:  # lung-density share per working pixel, only for slices that need it
+                h, w = hu.shape[1:]
+                share = _block_fraction(hu[k : k + 1], *PARENCHYMA_HU, step)[0, : body.shape[1], : body.shape[2]]
+            region = labels == c
+            if float(share[region].mean()) >= min_share:
+                out[k] |= region
+    return out
 
 
 #: Depth (mm) of the band inside the body's outer surface that :func:`outer_shell` marks.

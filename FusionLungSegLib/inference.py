@@ -475,7 +475,7 @@ class LungSegmenter:
         t2 = clock()
         labels, removed = postprocess_with_report(mask, reo.spacing_zyx, threshold=0.5, hu=hu, body=body)
         del mask
-        qc = quality_check(labels, reo.spacing_zyx, body, removed)
+        qc = quality_check(labels, reo.spacing_zyx, body, removed, hu=hu)
         qc["measures"]["slices_skipped"] = 0 if only is None else int(np.count_nonzero(~only))
         out = sitk.GetImageFromArray(np.ascontiguousarray(reo.from_canonical(labels)))
         out.CopyInformation(image)

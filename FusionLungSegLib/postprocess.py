@@ -112,6 +112,7 @@ class SelectionReport:
     """What :func:`select_lungs` kept and removed (for the QC verdict)."""
 
     components: list[Component] = field(default_factory=list)
+    side_basis: str = ""  # how right and left were told apart (postprocess.SIDES_*)
 
     def removed(self, reason: str | None = None) -> list[Component]:
         return [c for c in self.components if c.reason and (reason is None or c.reason == reason)]
@@ -376,31 +377,172 @@ def _split_component_2d(comp: np.ndarray, midline: float) -> tuple[np.ndarray, n
     return right, left
 
 
-def split_right_left(mask: np.ndarray, big_fraction: float = 0.2) -> np.ndarray:
+def split_right_left(mask: np.ndarray, big_fraction: float = 0.2, body: np.ndarray | None = None, spacing_zyx=None):
     """Label a binary canonical lung mask: 1 = right lung (low x), 2 = left lung (high x).
 
-    When two large 3D components exist they are the lungs, ordered by the x of
-    their centroids.  Otherwise each axial slice's 2D components are assigned by
-    their centroid relative to the lung mask's midline, and a 2D component that
-    straddles the midline (the lungs touching) is cut at its thinnest column.
+    The sides are decided from what is in view (see :func:`split_sides`); this returns the labels only.
     """
-    return _split_right_left(mask, big_fraction)
+    return split_sides(mask, big_fraction, body=body, spacing_zyx=spacing_zyx)[0]
 
 
-def _split_right_left(mask: np.ndarray, big_fraction: float = 0.2, island_fraction: float = 0.0) -> np.ndarray:
-    """:func:`split_right_left`; with ``island_fraction``, a 3D component of a side smaller than that
-    fraction of the side's largest is dropped (on the split by whole components, from the same labelling)."""
+#: How :func:`split_sides` decided right from left (``SelectionReport.side_basis``).
+SIDES_TWO_LUNGS = "two lungs"
+SIDES_GAP = "the gap between the lungs"
+SIDES_BODY = "the body's midline"
+SIDES_LATERAL = "one lung: the side its chest wall is on"
+SIDES_UNDECIDED = "undecided"
+
+
+def _x_extent(labels: np.ndarray, comp: int, box) -> tuple[float, float, float]:
+    """2nd and 98th percentile and mean of a component's x (canonical columns)."""
+    xs = np.nonzero(labels[box] == comp)[2] + (box[2].start or 0)
+    lo, hi = np.percentile(xs, (2, 98))
+    return float(lo), float(hi), float(xs.mean())
+
+
+def _partner(labels: np.ndarray, sizes: np.ndarray, order: np.ndarray, voxel_ml: float, min_ml: float):
+    """The other lung beside the largest component: the largest other component of ``min_ml`` or more whose x
+    range lies beyond the largest one's (the mediastinum between them).  Returns (ids, midline) or None."""
+    boxes = ndimage.find_objects(labels)
+    a = int(order[0]) + 1
+    a_lo, a_hi, _ = _x_extent(labels, a, boxes[a - 1])
+    for k in order[1:6]:
+        if sizes[k] * voxel_ml < min_ml:
+            break
+        b = int(k) + 1
+        b_lo, b_hi, _ = _x_extent(labels, b, boxes[b - 1])
+        overlap = max(0.0, min(a_hi, b_hi) - max(a_lo, b_lo))
+        if overlap <= 0.25 * (b_hi - b_lo + 1):
+            return (a, b), ((a_hi + b_lo) / 2 if b_lo > a_lo else (b_hi + a_lo) / 2)
+    return None
+
+
+def _body_whole_across(body: np.ndarray, mask: np.ndarray, pixel_mm: float, contact_mm: float = 20.0) -> bool:
+    """Whether the body's right and left edges are in view on the slices that hold lung: it does not
+    reach the right or left image border over ``contact_mm`` or more on any of them."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return True
+    edges = np.count_nonzero(body[zs][:, :, [0, -1]], axis=1)  # (slices, 2) pixels on each side border
+    return bool((edges * pixel_mm < contact_mm).all())
+
+
+def _body_midline(body: np.ndarray, mask: np.ndarray) -> float:
+    """x halfway between the body's right and left edges, over the slices that hold lung."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    cols = np.flatnonzero(body[zs].any(axis=(0, 1)))
+    return (cols[0] + cols[-1]) / 2
+
+
+def lateral_side_votes(
+    mask: np.ndarray, body: np.ndarray, pixel_mm: float, wall_mm: float = 60.0, max_slices: int = 40
+) -> tuple[int, int]:
+    """Rows of evidence that one lung's chest wall lies toward low x (the patient's right) or high x (left).
+
+    On sampled slices, each row through the lung is followed from its outermost lung pixel outward: a
+    chest wall is body tissue that ends in the air outside the patient within ``wall_mm``.  A row where
+    that happens on one side only votes for that side (the mediastinum, on the other side, is wider, or
+    cut off by the field of view).  Returns (votes for low x, votes for high x).
+    """
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    zs = zs[:: max(1, -(-zs.size // max_slices))]
+    reach = int(round(wall_mm / pixel_mm))
+    low = high = 0
+    for z in zs:
+        rows = np.flatnonzero(mask[z].any(axis=1))
+        m, b = mask[z][rows], body[z][rows]
+        first = np.argmax(m, axis=1)
+        last = m.shape[1] - 1 - np.argmax(m[:, ::-1], axis=1)
+        for r in range(rows.size):
+            right_run = b[r, max(0, first[r] - reach) : first[r]][::-1]
+            left_run = b[r, last[r] + 1 : last[r] + 1 + reach]
+            # the wall ends in outside air inside the reach (not at the image border)
+            low_wall = (
+                right_run.size == reach and not right_run.all() or (right_run.size < reach and not right_run.all())
+            )
+            high_wall = left_run.size == reach and not left_run.all() or (left_run.size < reach and not left_run.all())
+            if low_wall != high_wall:
+                low += int(low_wall)
+                high += int(high_wall)
+    return low, high
+
+
+def concavity_side_votes(mask: np.ndarray, max_slices: int = 40) -> tuple[float, float]:
+    """Evidence of which way one lung's medial side faces: the lung is convex toward its chest wall and
+    hollow toward the mediastinum (the heart, the hilum).  On sampled slices of the upper two thirds of the
+    lung (its base wraps around the liver or spleen, hollow on any side), the area between the lung's
+    cross-section and its convex hull, times its offset from the cross-section's centre, is weighed on
+    the side it lies on; hollows that weigh less than 2 % of the lung's area times its width count as none.  Returns (weight saying the chest wall is at low x, weight saying high x)."""
+    import cv2
+
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    zs = zs[zs >= zs[0] + (zs[-1] - zs[0]) / 3] if zs.size else zs
+    zs = zs[:: max(1, -(-zs.size // max_slices))]
+    low = high = lung = 0.0
+    for z in zs:
+        plane = mask[z].view(np.uint8)
+        hull = cv2.convexHull(cv2.findNonZero(plane))
+        filled = np.zeros_like(plane)
+        cv2.fillConvexPoly(filled, hull, 1)
+        deficit = (filled > 0) & ~mask[z]
+        area = float(np.count_nonzero(deficit))
+        cols = np.flatnonzero(mask[z].any(axis=0))
+        lung += float(np.count_nonzero(mask[z])) * (cols[-1] - cols[0] + 1)
+        if area == 0:
+            continue
+        toward = np.nonzero(deficit)[1].mean() - np.nonzero(mask[z])[1].mean()
+        if toward > 0:  # hollow toward high x: the mediastinum is there, the chest wall at low x
+            low += area * toward
+        else:
+            high -= area * toward
+    if low + high < 0.02 * lung:  # hollows of a few pixels (a convex lung drawn in pixels) tell nothing
+        return 0.0, 0.0
+    return low, high
+
+
+def split_sides(
+    mask: np.ndarray,
+    big_fraction: float = 0.2,
+    island_fraction: float = 0.0,
+    body: np.ndarray | None = None,
+    spacing_zyx=None,
+    partner_ml: float = 20.0,
+    erosion_mm: float = 5.0,
+) -> tuple[np.ndarray, str]:
+    """Right and left lung labels of a binary canonical mask, and how the sides were decided.
+
+    In canonical order the patient's right is low x, whatever part of the patient is in view, so the
+    rules look for anatomy that tells the sides apart instead of the middle of the image or of the mask:
+
+    1. two large 3D components (each at least ``big_fraction`` of the other): the lungs, by x;
+    2. the largest component and another of ``partner_ml`` or more beyond its x range: a lung and the
+       part of the other lung in view, the mediastinum between them;
+    3. lungs that touch: eroded by ``erosion_mm`` in-plane they come apart, and the gap between them is
+       the midline;
+    4. one lung in view: with the body's right and left edges in view (the ``body`` mask), the body's
+       midline; else the side its chest wall is on (:func:`lateral_side_votes`);
+    5. otherwise undecided: the mask is labelled by the image's middle and the basis says so.
+
+    Where a midline is known, each axial 2D component takes the side of its centroid and one that
+    straddles it is cut at its thinnest column.  With ``island_fraction``, a 3D component of a side
+    smaller than that fraction of the side's largest is dropped.  Returns (labels uint8, basis).
+    """
     mask = np.asarray(mask, dtype=bool)
     out = np.zeros(mask.shape, np.uint8)
     if not mask.any():
-        return out
+        return out, SIDES_TWO_LUNGS
+    spacing_zyx = tuple(float(s) for s in (spacing_zyx or (1.0, 1.0, 1.0)))
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     labels, n = ndimage.label(mask, structure=_CONN6)
     sizes = _per_label(labels, n)
     order = np.argsort(-sizes)
+    xs = _per_label(labels, n, x_weighted=True) / np.maximum(sizes, 1)
+    midline = None
     if n >= 2 and sizes[order[1]] >= big_fraction * sizes[order[0]]:
-        # Centroid x of every component in one pass; the two big ones are the lungs.
-        xs = _per_label(labels, n, x_weighted=True) / np.maximum(sizes, 1)
-        midline = (xs[order[0]] + xs[order[1]]) / 2
+        midline, basis = (xs[order[0]] + xs[order[1]]) / 2, SIDES_TWO_LUNGS
+    elif n >= 2 and (pair := _partner(labels, sizes, order, voxel_ml, partner_ml)) is not None:
+        midline, basis = pair[1], SIDES_GAP
+    if midline is not None:
         # Each component (the smaller leftovers too) takes the side of its centroid; right is low x.
         side = np.where(xs < midline, RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
         if island_fraction:  # whole components never touch, so a side's components are these very labels
@@ -408,8 +550,23 @@ def _split_right_left(mask: np.ndarray, big_fraction: float = 0.2, island_fracti
                 on_side = side == s
                 if on_side.any():
                     side[on_side & (sizes < island_fraction * sizes[on_side].max())] = 0
-        return np.concatenate(([0], side)).astype(np.uint8)[labels]
-    midline = _midline_x(mask)
+        return np.concatenate(([0], side)).astype(np.uint8)[labels], basis
+    midline, basis = _touching_lungs_midline(mask, spacing_zyx, big_fraction, erosion_mm), SIDES_GAP
+    if midline is None and body is not None:
+        if _body_whole_across(body, mask, spacing_zyx[2]):
+            midline, basis = _body_midline(body, mask), SIDES_BODY
+        else:
+            low, high = lateral_side_votes(mask, body, spacing_zyx[2])
+            if not (max(low, high) >= 10 and max(low, high) >= 3 * min(low, high)):  # the chest wall is cut too
+                low, high = concavity_side_votes(mask)
+                low, high = (low, high) if max(low, high) >= 2 * min(low, high) else (0, 0)
+            if max(low, high) > 0:
+                out[mask] = RIGHT_LUNG if low > high else LEFT_LUNG
+                return _drop_islands(out, island_fraction), SIDES_LATERAL
+    if midline is None:
+        midline, basis = (mask.shape[2] / 2 if body is not None else _midline_x(mask)), SIDES_UNDECIDED
+        if body is None:
+            basis = SIDES_BODY  # no body given: the mask's own middle, as before sides were decided from anatomy
     for index, comp in _axial_components(mask):
         x0 = index[2].start
         target = out[index][0]
@@ -420,7 +577,12 @@ def _split_right_left(mask: np.ndarray, big_fraction: float = 0.2, island_fracti
             target[left_part] = LEFT_LUNG
         else:
             target[comp] = RIGHT_LUNG if frac_right >= 0.5 else LEFT_LUNG
-    if island_fraction:  # the slice-by-slice split may leave stray islands: label each side
+    return _drop_islands(out, island_fraction), basis
+
+
+def _drop_islands(out: np.ndarray, island_fraction: float) -> np.ndarray:
+    """Drop each side's 3D components smaller than ``island_fraction`` of that side's largest (in place)."""
+    if island_fraction:
         for side in (RIGHT_LUNG, LEFT_LUNG):
             part = out == side
             if not part.any():
@@ -430,6 +592,40 @@ def _split_right_left(mask: np.ndarray, big_fraction: float = 0.2, island_fracti
                 counts = _per_label(lab, k)
                 out[_select(lab, k, np.flatnonzero(counts < island_fraction * counts.max()) + 1)] = 0
     return out
+
+
+def _touching_lungs_midline(mask: np.ndarray, spacing_zyx, big_fraction: float, erosion_mm: float) -> float | None:
+    """Midline between two lungs that touch: eroded in-plane they fall apart into two large components
+    (or one and a part of the other beyond its x range); None when they do not."""
+    import cv2
+
+    from .body import _disc
+
+    radius = max(1, int(round(erosion_mm / min(spacing_zyx[1:]))))
+    kernel = _disc(radius)
+    eroded = np.empty_like(mask)
+    for z in range(mask.shape[0]):
+        eroded[z] = cv2.erode(mask[z].view(np.uint8), kernel) > 0 if mask[z].any() else False
+    labels, n = ndimage.label(eroded, structure=_CONN6)
+    if n < 2:
+        return None
+    sizes = _per_label(labels, n)
+    order = np.argsort(-sizes)
+    if sizes[order[1]] >= big_fraction * sizes[order[0]]:
+        boxes = ndimage.find_objects(labels)
+        a, b = (int(k) + 1 for k in order[:2])
+        (a_lo, a_hi, a_mean), (b_lo, b_hi, b_mean) = (
+            _x_extent(labels, a, boxes[a - 1]),
+            _x_extent(labels, b, boxes[b - 1]),
+        )
+        return (a_hi + b_lo) / 2 if a_mean < b_mean else (b_hi + a_lo) / 2
+    pair = _partner(labels, sizes, order, float(np.prod(spacing_zyx)) / 1000.0, 20.0)
+    return None if pair is None else pair[1]
+
+
+def _split_right_left(mask: np.ndarray, big_fraction: float = 0.2, island_fraction: float = 0.0) -> np.ndarray:
+    """:func:`split_sides`' labels without a body mask (the mask's own middle when no anatomy decides)."""
+    return split_sides(mask, big_fraction, island_fraction)[0]
 
 
 def remove_central_airways(
@@ -505,7 +701,13 @@ def postprocess_with_report(
     labels = np.zeros(kept.shape, np.uint8)
     if not kept.any():
         return labels, report
-    box = bounding_box(kept, margin=1)
+    # The lungs' slices, whole: the sides' rules look at the body's edges and chest wall around the lungs.
+    box = (bounding_box(kept, margin=1)[0], slice(None), slice(None))
     # Each side: drop stray islands (under 5 % of that side's largest part).
-    labels[box] = _split_right_left(fill_holes_axial(kept[box]), island_fraction=0.05)
+    labels[box], report.side_basis = split_sides(
+        fill_holes_axial(kept[box]),
+        island_fraction=0.05,
+        body=None if body is None else body[box],
+        spacing_zyx=spacing_zyx,
+    )
     return labels, report

@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .postprocess import AT_SURFACE, BELOW_LUNG, FAR, LEFT_LUNG, OUTSIDE_BODY, RIGHT_LUNG, SelectionReport
+from .postprocess import (
+    AT_SURFACE,
+    BELOW_LUNG,
+    FAR,
+    LEFT_LUNG,
+    OUTSIDE_BODY,
+    RIGHT_LUNG,
+    SIDES_UNDECIDED,
+    SelectionReport,
+)
 
 __all__ = ["quality_check", "QC_LIMITS"]
 
@@ -29,7 +38,55 @@ QC_LIMITS = {
     "surface_ml": 1.0,  # lung in the body's outer 4 mm
     "removed_flag_ml": 50.0,  # lung-like regions removed away from the lungs: flag above, note above 1 mL
     "removed_note_ml": 1.0,
+    "fov_cut_mm2": 100.0,  # lung on the image's in-plane edge (summed over slices) that means "cut by the field"
+    "missed_ml": 50.0,  # aerated, lung-like air next to the lungs, inside the patient, left unlabelled
 }
+
+
+def lung_on_image_edge_mm2(labels: np.ndarray, spacing_zyx) -> dict[int, tuple[float, int]]:
+    """Per side: lung on the in-plane image border (mm of border times slice thickness / slice, summed as
+    an area in mm²: border pixels x pixel size x slice thickness) and the number of slices it is on."""
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    out = {}
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        on = labels == side
+        per_slice = (
+            np.count_nonzero(on[:, 0, :], axis=1) * sx
+            + np.count_nonzero(on[:, -1, :], axis=1) * sx
+            + np.count_nonzero(on[:, 1:-1, 0], axis=1) * sy
+            + np.count_nonzero(on[:, 1:-1, -1], axis=1) * sy
+        )
+        out[side] = (float(per_slice.sum() * sz), int(np.count_nonzero(per_slice)))
+    return out
+
+
+def missed_lung_ml(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing_zyx, air_hu: float = -400.0) -> float:
+    """mL of aerated air inside the patient, touching the labelled lungs in-plane, left unlabelled.
+
+    The lungs are grown into the air next to them during post-processing, so what remains is a region the
+    network missed (a lung cut from its side, a lobe) or the central airways, which are left out first
+    (small, compact cross-sections near the lungs' middle)."""
+    from scipy import ndimage
+
+    from .body import bounding_box
+    from .postprocess import remove_central_airways
+
+    lung = labels > 0
+    if not lung.any():
+        return 0.0
+    box = (bounding_box(lung, margin=0)[0], slice(None), slice(None))  # what was missed may reach far in-plane
+    air = (np.asarray(hu[box]) < air_hu) & body[box] & ~lung[box]
+    air = remove_central_airways(air | lung[box], spacing_zyx) & air
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    near = ndimage.binary_dilation(lung[box], structure=in_plane)
+    components, n = ndimage.label(air, structure=ndimage.generate_binary_structure(3, 1))
+    if n == 0:
+        return 0.0
+    touching = np.unique(components[near & air])
+    touching = touching[touching > 0]
+    count = np.bincount(components.ravel(), minlength=n + 1)[touching].sum()
+    return float(count) * float(np.prod([float(s) for s in spacing_zyx])) / 1000.0
 
 
 def _side_name(label: int) -> str:
@@ -42,8 +99,12 @@ def quality_check(
     body: np.ndarray | None = None,
     report: SelectionReport | None = None,
     limits: dict | None = None,
+    hu: np.ndarray | None = None,
 ) -> dict:
-    """QC verdict for canonical ``labels`` (0, 1 right, 2 left) with voxel size ``spacing_zyx`` (mm)."""
+    """QC verdict for canonical ``labels`` (0, 1 right, 2 left) with voxel size ``spacing_zyx`` (mm).
+
+    With the canonical CT ``hu`` (and ``body``), aerated lung left unlabelled next to the lungs is looked for.
+    """
     lim = {**QC_LIMITS, **(limits or {})}
     sz, sy, sx = (float(s) for s in spacing_zyx)
     voxel_ml = sz * sy * sx / 1000.0
@@ -91,6 +152,20 @@ def quality_check(
         if total > lim["max_total_ml"]:
             flags.append(f"The total lung volume ({total:.0f} mL) is more than any adult's lungs hold.")
         cut = area_mm2[0] >= lim["cut_off_mm2"] or area_mm2[-1] >= lim["cut_off_mm2"]
+        # 3b. The field of view cuts a lung in-plane (a cardiac reconstruction, a cropped volume, a patient
+        # wider than the field): that lung is only partly in the scan.
+        on_edge = lung_on_image_edge_mm2(labels, spacing_zyx)
+        measures["lung_on_image_edge_cm2"] = {_side_name(s): round(a / 100, 1) for s, (a, _) in on_edge.items()}
+        cut_sides = [s for s in (RIGHT_LUNG, LEFT_LUNG) if on_edge[s][0] >= lim["fov_cut_mm2"]]
+        if cut_sides:
+            what = " and ".join(
+                f"the {_side_name(s)} lung ({on_edge[s][0] / 100:.0f} cm² on the edge over {on_edge[s][1]} slices)"
+                for s in cut_sides
+            )
+            flags.append(
+                f"The field of view cuts {what}: the lungs are only partly in the scan, so the volumes are incomplete."
+            )
+            cut = True
         if body is not None:
             body_ml = float(np.count_nonzero(body[lung_slices[0] : lung_slices[-1] + 1])) * voxel_ml
             ratio = total / body_ml if body_ml else float("inf")
@@ -115,6 +190,23 @@ def quality_check(
                     f"{surface_ml:.0f} mL of lung lies within 4 mm of the body's outer surface: check for air "
                     "outside the patient labelled as lung, or a chest-wall defect."
                 )
+    # 4b. Aerated lung next to the labelled lungs left unlabelled (a lung part the network missed).
+    if total > 0 and hu is not None and body is not None:
+        missed = missed_lung_ml(labels, hu, body, spacing_zyx)
+        measures["unlabelled_air_next_to_lungs_ml"] = round(missed, 1)
+        if missed >= lim["missed_ml"]:
+            flags.append(
+                f"{missed:.0f} mL of aerated, lung-like tissue inside the patient next to the lungs is not labelled: "
+                "part of a lung may be missing from the result."
+            )
+    # 4c. Right and left could not be told apart from what is in view.
+    if total > 0 and report is not None and report.side_basis:
+        measures["sides_decided_by"] = report.side_basis
+    if total > 0 and report is not None and report.side_basis == SIDES_UNDECIDED:
+        flags.append(
+            "Right and left could not be decided from what is in this field of view (one lung, with neither its "
+            "chest wall nor the mediastinum clear): the side of the label may be wrong."
+        )
     # 5. Lung-like regions that post-processing removed.  Air outside the patient (cushions, head
     # holders) is unambiguous and only noted; inside the body it may hide a mistake: flagged when large.
     if report is not None:

@@ -30,13 +30,15 @@ def chest(
     circular_fov: bool = False,
     abdomen_gas: bool = False,
     trachea: bool = False,
+    heart: bool = False,
 ) -> Phantom:
     """A chest in air: body ellipse (``body_mm`` = AP x lateral), two lungs on the middle slices.
 
     Options add a carbon table under the back (thin top shell touching the skin, foam
     core, a base plate), an air cushion whose thin shell touches the skin, -3024 HU
     padding outside a circular field of view, gas pockets in the abdomen (slices
-    below the lungs) and a trachea above the lungs.
+    below the lungs), a trachea above the lungs and a heart left of the midline that hollows the
+    lungs' medial sides.
     """
     size_mm = pixels * pixel_mm
     y, x = (np.mgrid[:pixels, :pixels] + 0.5) * pixel_mm
@@ -56,6 +58,8 @@ def chest(
             for name, side in (("lung_right", -1), ("lung_left", 1)):
                 lx = cx + side * ax * 0.45
                 lung = ((y - cy) / (ay * 0.62 * scale)) ** 2 + ((x - lx) / (ax * 0.3 * scale)) ** 2 < 1
+                if heart:  # anterior, left of the midline, as a heart is
+                    lung &= ((y - (cy - ay * 0.15)) / (ay * 0.4)) ** 2 + ((x - (cx + ax * 0.1)) / (ax * 0.3)) ** 2 >= 1
                 hu[z][lung] = -850
                 parts[name][z] = lung
         if trachea and z >= lung_z.stop - 3:

@@ -1,0 +1,166 @@
+"""Cut fields of view: the body, the sides and the QC when the image border cuts the patient.
+
+Phantoms are canonical ``[z, y, x]`` (x from the patient's right to left); each crop below is what a
+cardiac reconstruction, a Crop Volume ROI or half of the patient leaves in view, and every case is also
+run mirrored (the patient's sides swapped), so no rule can pass by favouring one side of the image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from phantoms import chest
+
+from FusionLungSegLib.body import body_mask
+from FusionLungSegLib.data import SliceSet, fov_cut_variants
+from FusionLungSegLib.postprocess import (
+    LEFT_LUNG,
+    RIGHT_LUNG,
+    SIDES_LATERAL,
+    SIDES_UNDECIDED,
+    postprocess_with_report,
+)
+from FusionLungSegLib.qc import quality_check
+
+
+def _crop(p, y0=None, y1=None, x0=None, x1=None, mirror=False):
+    """The phantom's CT and lungs inside an in-plane window (mirrored: the patient's sides swapped)."""
+    hu = p.hu[:, y0:y1, x0:x1]
+    right, left = p.parts["lung_right"][:, y0:y1, x0:x1], p.parts["lung_left"][:, y0:y1, x0:x1]
+    if mirror:
+        hu, right, left = hu[:, :, ::-1], left[:, :, ::-1], right[:, :, ::-1]
+    return np.ascontiguousarray(hu), np.ascontiguousarray(right), np.ascontiguousarray(left)
+
+
+def _segment(hu, lungs, spacing):
+    """Post-processing of a perfect network output, as the pipeline runs it."""
+    body = body_mask(hu, spacing)
+    labels, report = postprocess_with_report(lungs.astype(np.float32), spacing, hu=hu, body=body)
+    return labels, report, body
+
+
+def _windows(p):
+    """name -> (y0, y1, x0, x1) in pixels of a 256-pixel phantom (body 240 x 340 mm at 1.95 mm)."""
+    n = p.hu.shape[2]
+    mid = n // 2
+    lung_rows = np.flatnonzero(p.parts["lung_right"].any(axis=(0, 2)))
+    return {
+        "cardiac": (lung_rows[0] + 10, lung_rows[-1] - 10, mid - 56, mid + 56),  # 220 mm around the heart
+        "right_half": (None, None, None, mid),
+        "left_half": (None, None, mid, None),
+        "roi_right_lung": (lung_rows[0] - 5, lung_rows[-1] + 5, 50, mid + 10),  # chest wall cut too
+        "roi_left_lung": (lung_rows[0] - 5, lung_rows[-1] + 5, mid - 10, n - 50),
+    }
+
+
+def test_lungs_cut_along_their_depth_stay_inside_the_body():
+    p = chest(heart=True)
+    hu, right, left = _crop(p, *_windows(p)["cardiac"])
+    body = body_mask(hu, p.spacing_zyx)
+    assert np.mean(body[right | left]) > 0.99
+
+
+def test_air_beside_a_patient_wider_than_the_field_stays_outside():
+    p = chest(body_mm=(240.0, 480.0))  # the body runs off both sides of a 500 mm field: air above it
+    hu = p.hu[:, :, 20:-20]
+    body = body_mask(hu, p.spacing_zyx)
+    outside = hu < -900
+    outside &= ~(p.parts["lung_right"] | p.parts["lung_left"])[:, :, 20:-20]
+    assert np.mean(body[outside]) < 0.01
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+@pytest.mark.parametrize("window", ["cardiac", "right_half", "left_half", "roi_right_lung", "roi_left_lung"])
+def test_sides_come_from_the_anatomy_in_view(window, mirror):
+    p = chest(heart=True)
+    hu, right, left = _crop(p, *_windows(p)[window], mirror=mirror)
+    labels, report, _ = _segment(hu, right | left, p.spacing_zyx)
+    assert report.side_basis != SIDES_UNDECIDED
+    for truth, side, other in ((right, RIGHT_LUNG, LEFT_LUNG), (left, LEFT_LUNG, RIGHT_LUNG)):
+        if truth.sum() * np.prod(p.spacing_zyx) / 1000 >= 20:
+            assert np.mean(labels[truth] == side) > 0.95, (window, side)
+            assert np.mean(labels[truth] == other) < 0.05, (window, side)
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_one_lung_with_its_chest_wall_cut_takes_its_side_from_the_heart_side(mirror):
+    p = chest(heart=True)
+    n = p.hu.shape[2]
+    lung_rows = np.flatnonzero(p.parts["lung_left"].any(axis=(0, 2)))
+    lung_cols = np.flatnonzero(p.parts["lung_left"].any(axis=(0, 1)))
+    # A tight ROI around the left lung: its chest wall runs into the border, no right lung in view.
+    hu, right, left = _crop(p, lung_rows[0] - 3, lung_rows[-1] + 3, n // 2 + 2, lung_cols[-1] + 3, mirror=mirror)
+    labels, report, _ = _segment(hu, right | left, p.spacing_zyx)
+    assert report.side_basis == SIDES_LATERAL
+    truth, side = (right, RIGHT_LUNG) if mirror else (left, LEFT_LUNG)
+    assert np.mean(labels[truth] == side) > 0.95
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_rotated_patient_keeps_its_sides(mirror):
+    from scipy import ndimage
+
+    p = chest(heart=True)
+    rotate = dict(axes=(1, 2), reshape=False, order=0, mode="nearest")
+    hu = ndimage.rotate(p.hu, 12, cval=-1000, **{**rotate, "mode": "constant"})
+    right = ndimage.rotate(p.parts["lung_right"], 12, **rotate)
+    left = ndimage.rotate(p.parts["lung_left"], 12, **rotate)
+    n = hu.shape[2]
+    hu, right, left = hu[:, :, n // 2 :], right[:, :, n // 2 :], left[:, :, n // 2 :]  # the left half
+    if mirror:
+        hu, right, left = hu[:, :, ::-1], left[:, :, ::-1], right[:, :, ::-1]
+    labels, report, _ = _segment(np.ascontiguousarray(hu), np.ascontiguousarray(right | left), p.spacing_zyx)
+    truth, side = (right, RIGHT_LUNG) if mirror else (left, LEFT_LUNG)
+    assert np.mean(labels[truth] == side) > 0.95
+
+
+def test_whole_chest_is_not_flagged_but_a_cut_one_is():
+    p = chest(heart=True, table=True)
+    hu, right, left = _crop(p)
+    labels, report, body = _segment(hu, right | left, p.spacing_zyx)
+    qc = quality_check(labels, p.spacing_zyx, body, report, hu=hu)
+    assert qc["ok"], qc
+    hu, right, left = _crop(p, *_windows(p)["cardiac"])
+    labels, report, body = _segment(hu, right | left, p.spacing_zyx)
+    qc = quality_check(labels, p.spacing_zyx, body, report, hu=hu)
+    assert not qc["ok"]
+    assert any("field of view cuts the right lung" in f and "the left lung" in f for f in qc["flags"]), qc
+    assert qc["measures"]["lung_on_image_edge_cm2"]["right"] > 1
+
+
+def test_a_lung_with_nothing_to_tell_its_side_is_flagged_undecided():
+    p = chest()  # no heart: an ellipse lung has no hollow side
+    lung_rows = np.flatnonzero(p.parts["lung_left"].any(axis=(0, 2)))
+    lung_cols = np.flatnonzero(p.parts["lung_left"].any(axis=(0, 1)))
+    hu, right, left = _crop(p, lung_rows[0] - 3, lung_rows[-1] + 3, lung_cols[0] - 3, lung_cols[-1] + 3)
+    labels, report, body = _segment(hu, right | left, p.spacing_zyx)
+    assert report.side_basis == SIDES_UNDECIDED
+    qc = quality_check(labels, p.spacing_zyx, body, report, hu=hu)
+    assert any("could not be decided" in f for f in qc["flags"]), qc
+
+
+def test_lung_the_network_missed_next_to_the_labels_is_flagged():
+    p = chest(heart=True)
+    hu, right, left = _crop(p)
+    labels, report, body = _segment(hu, right | left, p.spacing_zyx)
+    assert quality_check(labels, p.spacing_zyx, body, report, hu=hu)["measures"]["unlabelled_air_next_to_lungs_ml"] < 5
+    cols = np.flatnonzero(right.any(axis=(0, 1)))
+    missed = labels.copy()
+    missed[:, :, : cols[0] + (cols[-1] - cols[0]) // 2] = 0  # the lateral half of the right lung
+    qc = quality_check(missed, p.spacing_zyx, body, report, hu=hu)
+    assert any("not labelled" in f for f in qc["flags"]), qc
+
+
+def test_cut_field_of_view_training_copies_keep_size_and_cut_the_mask():
+    p = chest(heart=True)
+    z = p.hu.shape[0] // 2
+    lungs = (p.parts["lung_right"] | p.parts["lung_left"])[z - 2 : z + 2]
+    slices = SliceSet(p.hu[z - 2 : z + 2], lungs, ["a"] * 4, [f"s{i}" for i in range(4)], [p.spacing_zyx[1:]] * 4)
+    a, b = fov_cut_variants(slices, 3, seed=1), fov_cut_variants(slices, 3, seed=1)
+    assert len(a) == 12 and a.images.shape[1:] == p.hu.shape[1:]
+    assert np.array_equal(a.images, b.images) and a.boxes == b.boxes  # the seed decides
+    outside_view = a.images == -1000
+    assert not (a.masks & outside_view & ~np.repeat(lungs, 3, axis=0)).any()
+    assert (a.masks.sum(axis=(1, 2)) <= np.repeat(lungs, 3, axis=0).sum(axis=(1, 2))).all()
+    assert any(m.sum() < full.sum() for m, full in zip(a.masks, np.repeat(lungs, 3, axis=0)))
+    assert all(box is not None for box in a.boxes)
