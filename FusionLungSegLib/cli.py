@@ -155,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-weights", help="start from this weights file ('bundled' = the bundled model)")
     t.add_argument("--ema", type=float, default=0.0, help="decay of a moving average of the weights, e.g. 0.99")
     t.add_argument(
+        "--fov-fraction",
+        type=float,
+        default=0.0,
+        help="share of each batch's lung slices seen through a cut field of view (zoomed reconstructions, "
+        "Crop Volume ROIs, halves, cut rectangles), e.g. 0.25; validation then also reports iou_fov",
+    )
+    t.add_argument("--fov-variants", type=int, default=2, help="cut fields of view drawn per lung slice")
+    t.add_argument(
         "--arch",
         choices=("fusionlungnet", "unet", "resunet18"),
         default="fusionlungnet",
@@ -377,6 +385,8 @@ def _cmd_train(args) -> int:
         lung_free_data=args.lung_free_data,
         init_weights=args.init_weights,
         ema=args.ema,
+        fov_fraction=args.fov_fraction,
+        fov_variants=args.fov_variants,
         arch=args.arch,
         refinement=not args.no_refinement,
         deep_supervision=not args.no_deep_supervision,

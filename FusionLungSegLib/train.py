@@ -24,6 +24,7 @@ from .data import (
     Augment,
     SliceSet,
     attach_crop_boxes,
+    fov_cut_variants,
     load_finding_lungs,
     load_hu_labelled_slices,
     load_lung_free_slices,
@@ -69,6 +70,8 @@ class TrainConfig:
     init_weights: str | None = None  # start from a weights file ("bundled" = the bundled model)
     hu_labelled: bool = True  # add the lung-base slices of real volumes with HU-derived masks to the lung slices
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
+    fov_fraction: float = 0.0  # share of each batch's lung slices seen through a cut field of view (data.FOV_CUTS)
+    fov_variants: int = 2  # cut fields of view drawn per lung slice (fixed for the run, from the seed)
     arch: str = "fusionlungnet"  # fusionlungnet, unet or resunet18 (model.ARCHITECTURES)
     refinement: bool = True  # ablation: FusionLungNet without its residual refinement module
     deep_supervision: bool = True  # ablation: loss on the first output only
@@ -226,6 +229,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         base_images, base_masks = _to_network_set(base_set, cfg.input_size, cfg.hu_window)
         images, masks = torch.cat([images, base_images]), torch.cat([masks, base_masks])
     free_images, _ = _to_network_set(free_set, cfg.input_size, cfg.hu_window)
+    fov_images = fov_masks = torch.zeros(0)
+    fov_val = empty
+    if cfg.fov_fraction > 0:  # cut fields of view of the lung slices (and of the validation slices, scored apart)
+        parts = [
+            _to_network_set(fov_cut_variants(s, cfg.fov_variants, cfg.seed + k), cfg.input_size, cfg.hu_window)
+            for k, s in enumerate((train_set, base_set))
+            if len(s)
+        ]
+        fov_images, fov_masks = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        fov_val = fov_cut_variants(val_set, 1, cfg.seed + 100) if len(val_set) else empty
 
     model = build_model(cfg.arch, **arch_options(cfg)).to(device)
     if cfg.init_weights:
@@ -295,6 +308,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     # Each batch: n_free lung-free slices (drawn at random) and the rest from the lung slices.
     n_free = min(cfg.batch_size - 1, max(1, round(cfg.batch_size * cfg.lung_free_fraction))) if len(free_images) else 0
     per_batch = cfg.batch_size - n_free
+    # Of the lung slices, n_fov are replaced by cut fields of view (the steps per epoch stay the same).
+    n_fov = min(per_batch - 1, max(1, round(per_batch * cfg.fov_fraction))) if len(fov_images) else 0
     steps = math.ceil(n / per_batch)
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
@@ -308,6 +323,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         for step in bar:
             idx = perm[step * per_batch : (step + 1) * per_batch]
             x, y = images[idx], masks[idx]
+            if n_fov and len(idx) > n_fov:
+                pick = torch.randint(len(fov_images), (n_fov,), generator=gen)
+                x = torch.cat([x[:-n_fov], fov_images[pick]])
+                y = torch.cat([y[:-n_fov], fov_masks[pick]])
             if n_free:
                 pick = torch.randint(len(free_images), (n_free,), generator=gen)
                 x = torch.cat([x, free_images[pick]])
@@ -340,6 +359,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 metrics[f"iou_{size}"] = _evaluate(judged, val_set, size, device, cfg.hu_window)["iou"]
         if "iou" in metrics and (cfg.val_sizes or cfg.min_input_size):
             metrics[f"iou_{cfg.input_size}"] = metrics["iou"]
+        if len(fov_val):
+            metrics["iou_fov"] = _evaluate(judged, fov_val, cfg.input_size, device, cfg.hu_window)["iou"]
         if len(free_val):
             size, window = cfg.input_size, cfg.hu_window
             metrics["lung_free_fraction"] = _false_lung_fraction(judged, free_val, size, device, window)
