@@ -391,6 +391,7 @@ SIDES_GAP = "the gap between the lungs"
 SIDES_BODY = "the body's midline"
 SIDES_LATERAL = "one lung: the side its chest wall is on"
 SIDES_UNDECIDED = "undecided"
+SIDES_MASK = "the mask's middle (no body mask given)"
 
 
 def _x_extent(labels: np.ndarray, comp: int, box) -> tuple[float, float, float]:
@@ -442,12 +443,13 @@ def lateral_side_votes(
     On sampled slices, each row through the lung is followed from its outermost lung pixel outward: a
     chest wall is body tissue that ends in the air outside the patient within ``wall_mm``.  A row where
     that happens on one side only votes for that side (the mediastinum, on the other side, is wider, or
-    cut off by the field of view).  Returns (votes for low x, votes for high x).
+    cut off by the field of view); a row with a chest wall on both sides runs through both lungs.
+    Returns (votes for low x, votes for high x, rows with a wall on both sides).
     """
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
     zs = zs[:: max(1, -(-zs.size // max_slices))]
     reach = int(round(wall_mm / pixel_mm))
-    low = high = 0
+    low = high = both = 0
     for z in zs:
         rows = np.flatnonzero(mask[z].any(axis=1))
         m, b = mask[z][rows], body[z][rows]
@@ -464,7 +466,9 @@ def lateral_side_votes(
             if low_wall != high_wall:
                 low += int(low_wall)
                 high += int(high_wall)
-    return low, high
+            else:
+                both += int(low_wall)
+    return low, high, both
 
 
 def concavity_side_votes(mask: np.ndarray, max_slices: int = 40) -> tuple[float, float]:
@@ -472,13 +476,15 @@ def concavity_side_votes(mask: np.ndarray, max_slices: int = 40) -> tuple[float,
     hollow toward the mediastinum (the heart, the hilum).  On sampled slices of the upper two thirds of the
     lung (its base wraps around the liver or spleen, hollow on any side), the area between the lung's
     cross-section and its convex hull, times its offset from the cross-section's centre, is weighed on
-    the side it lies on; hollows that weigh less than 2 % of the lung's area times its width count as none.  Returns (weight saying the chest wall is at low x, weight saying high x)."""
+    the side it lies on; hollows that weigh less than 2 % of the lung's area times its width count as
+    none, and so do cross-sections hollow in their middle (two lungs with the heart between them).
+    Returns (weight saying the chest wall is at low x, weight saying high x)."""
     import cv2
 
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
     zs = zs[zs >= zs[0] + (zs[-1] - zs[0]) / 3] if zs.size else zs
     zs = zs[:: max(1, -(-zs.size // max_slices))]
-    low = high = lung = 0.0
+    low = high = lung = central = sided = 0.0
     for z in zs:
         plane = mask[z].view(np.uint8)
         hull = cv2.convexHull(cv2.findNonZero(plane))
@@ -487,15 +493,20 @@ def concavity_side_votes(mask: np.ndarray, max_slices: int = 40) -> tuple[float,
         deficit = (filled > 0) & ~mask[z]
         area = float(np.count_nonzero(deficit))
         cols = np.flatnonzero(mask[z].any(axis=0))
-        lung += float(np.count_nonzero(mask[z])) * (cols[-1] - cols[0] + 1)
+        width = float(cols[-1] - cols[0] + 1)
+        lung += float(np.count_nonzero(mask[z])) * width
         if area == 0:
             continue
         toward = np.nonzero(deficit)[1].mean() - np.nonzero(mask[z])[1].mean()
+        if abs(toward) < 0.15 * width:  # hollow in the middle: the heart between two lungs, or no side
+            central += area
+            continue
+        sided += area
         if toward > 0:  # hollow toward high x: the mediastinum is there, the chest wall at low x
             low += area * toward
         else:
             high -= area * toward
-    if low + high < 0.02 * lung:  # hollows of a few pixels (a convex lung drawn in pixels) tell nothing
+    if low + high < 0.02 * lung or central > sided:  # a few pixels of hollow tell nothing; a middle one, no side
         return 0.0, 0.0
     return low, high
 
@@ -556,17 +567,20 @@ def split_sides(
         if _body_whole_across(body, mask, spacing_zyx[2]):
             midline, basis = _body_midline(body, mask), SIDES_BODY
         else:
-            low, high = lateral_side_votes(mask, body, spacing_zyx[2])
-            if not (max(low, high) >= 10 and max(low, high) >= 3 * min(low, high)):  # the chest wall is cut too
+            low, high, both = lateral_side_votes(mask, body, spacing_zyx[2])
+            if both >= max(10, low, high):  # chest wall to chest wall: both lungs, not parted above
+                low = high = 0
+            elif not (max(low, high) >= 10 and max(low, high) >= 3 * min(low, high)):  # the chest wall is cut too
                 low, high = concavity_side_votes(mask)
                 low, high = (low, high) if max(low, high) >= 2 * min(low, high) else (0, 0)
             if max(low, high) > 0:
                 out[mask] = RIGHT_LUNG if low > high else LEFT_LUNG
                 return _drop_islands(out, island_fraction), SIDES_LATERAL
     if midline is None:
-        midline, basis = (mask.shape[2] / 2 if body is not None else _midline_x(mask)), SIDES_UNDECIDED
-        if body is None:
-            basis = SIDES_BODY  # no body given: the mask's own middle, as before sides were decided from anatomy
+        if body is None:  # no anatomy to go by: the mask's own middle
+            midline, basis = _midline_x(mask), SIDES_MASK
+        else:
+            midline, basis = mask.shape[2] / 2, SIDES_UNDECIDED
     for index, comp in _axial_components(mask):
         x0 = index[2].start
         target = out[index][0]
