@@ -274,11 +274,18 @@ def select_lungs(
             other_side = [c for c in eligible if (c.side >= 0.5) != (first.side >= 0.5)]
             # The other lung: within the window if it is there; else its apex may be lower (e.g. after
             # an upper lobectomy), but not by more than a lung's height.
-            others = [c for c in other_side if c in window] or [
-                c for c in other_side if (highest - c.top) * sz <= other_lung_window_mm
-            ]
+            reach = [c for c in other_side if (highest - c.top) * sz <= other_lung_window_mm]
+            others = [c for c in other_side if c in window] or reach
             if others:
-                seeds.append(max(others, key=lambda c: c.ml))
+                second = max(others, key=lambda c: c.ml)
+                # An apex cut off by a tumour is in the window while the rest of its lung lies lower: the
+                # larger part under it is the lung (the apex is kept later for capping it).
+                lower = max(reach, key=lambda c: c.ml, default=second)
+                if lower.ml > second.ml:
+                    lower_footprint = (labels[lower.box] == lower.label).any(axis=0)
+                    if _caps(labels, second, lower, lower_footprint, sz, apex_gap_mm):
+                        second = lower
+                seeds.append(second)
     seed_mask = _components_mask(labels, seeds)
     footprints = {s.label: (labels[s.box] == s.label).any(axis=0) for s in seeds}
     for c in live:
