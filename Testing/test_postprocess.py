@@ -205,3 +205,23 @@ def test_an_apex_cut_off_by_a_tumour_stays_lung_but_air_beside_it_does_not():
     _assert_lungs_exact(labels, p)
     assert (labels[apex] == RIGHT_LUNG).all()
     assert not labels[beside].any() and report.removed("far from the lungs")
+
+
+def test_the_upper_half_of_a_scan_keeps_a_lung_whose_apex_a_tumour_cut_off():
+    # Real failure (the upper half of LUNG1-001): the right apex, cut off by a tumour, is the only right-side
+    # candidate near the scan's top, and the rest of the right lung (950 mL) starts lower than the left
+    # lung's apex window; the apex was taken for the right lung and the lung itself removed as "far from
+    # the lungs".
+    p = chest(slices=30)
+    right = p.parts["lung_right"]
+    top = int(np.flatnonzero(right.any(axis=(1, 2)))[-1])
+    apex = right.copy()
+    apex[: top - 1] = False  # the two highest slices
+    tumour = right.copy()
+    tumour[: top - 6] = False
+    tumour &= ~apex  # five slices (25 mm) of tumour: the rest of the lung starts 35 mm below the top
+    p.hu[tumour] = 40
+    p.parts["lung_right"] = right & ~tumour
+    labels, report = postprocess_with_report(_network_mask(p), p.spacing_zyx, hu=p.hu)
+    _assert_lungs_exact(labels, p)
+    assert not report.removed("far from the lungs")
