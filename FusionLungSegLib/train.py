@@ -471,6 +471,10 @@ def export_weights(checkpoint: str | Path, out_path: str | Path, extra_meta: dic
         "enhancement": bool(cfg.get("enhance", False)),
         "lung_free_training_slices": list(state.get("lung_free_train", [])),
         "hu_labelled_training_slices": list(state.get("hu_labelled_train", [])),
+        # the share of lung slices seen through cut fields of view (data.fov_cut_variants), and copies per slice
+        "fov_cuts": {"fraction": cfg["fov_fraction"], "variants": cfg.get("fov_variants", 2)}
+        if cfg.get("fov_fraction")
+        else None,
         "weights_averaged": bool(state.get("ema")),
         "trained_on": state.get("machine"),
         **(extra_meta or {}),

@@ -184,3 +184,13 @@ def test_fine_tuning_refuses_a_split_whose_validation_the_weights_trained_on(run
     other = {**cfg.__dict__, "out_dir": str(tmp_path / "ft"), "init_weights": str(weights), "epochs": 1}
     with pytest.raises(ValueError, match="validation would not be held out"):
         train(TrainConfig(**{**other, "seed": 3}), progress=False)
+
+
+def test_cut_fields_of_view_join_the_batches_and_are_recorded(tmp_path):
+    cfg = tiny_train_config(tmp_path, batch_size=4, fov_fraction=0.3, fov_variants=2)
+    result = train(cfg, progress=False)
+    assert 0.0 <= result["history"][0]["val_iou_fov"] <= 1.0  # cut copies of the validation slices, scored apart
+    info = export_weights(tmp_path / "last.pt", tmp_path / "w.pt")
+    assert info["meta"]["fov_cuts"] == {"fraction": 0.3, "variants": 2}
+    _, meta = load_weights(tmp_path / "w.pt", info["sha256"])
+    assert meta["fov_cuts"]["fraction"] == 0.3
