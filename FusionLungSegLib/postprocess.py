@@ -211,6 +211,7 @@ def select_lungs(
     near_mm: float = 10.0,
     other_lung_window_mm: float = 100.0,
     apex_gap_mm: float = 30.0,
+    partner_ml: float = 20.0,
 ) -> tuple[np.ndarray, SelectionReport]:
     """Keep the components of a canonical lung mask that belong to the two lungs.
 
@@ -227,7 +228,9 @@ def select_lungs(
     ``near_mm`` of them, or sit on top of one of them (its lowest slice within
     ``apex_gap_mm`` above the lung's top, at least half of its footprint over the
     lung's: an apex that a tumour or missed slices cut off from the rest of the
-    lung).  Returns the kept voxels (not hole-filled) and a report.
+    lung).  With one lung found, a candidate of ``partner_ml`` or more beyond its
+    x range is the other lung (the part of it a cut field of view leaves).
+    Returns the kept voxels (not hole-filled) and a report.
     """
     full = np.asarray(mask, dtype=bool)
     report = SelectionReport()
@@ -286,6 +289,19 @@ def select_lungs(
                     if _caps(labels, second, lower, lower_footprint, sz, apex_gap_mm):
                         second = lower
                 seeds.append(second)
+        if len(seeds) == 1:
+            # The other lung may be a part the field of view cuts (a Crop Volume ROI around one lung): a
+            # candidate of partner_ml or more lying beyond the lung's x range, whatever the visible body's middle.
+            f_lo, f_hi, _ = _x_extent(labels, first.label, first.box)
+            beyond = []
+            for c in live:
+                if c is first or c.ml < partner_ml or (highest - c.top) * sz > other_lung_window_mm:
+                    continue
+                c_lo, c_hi, _ = _x_extent(labels, c.label, c.box)
+                if max(0.0, min(f_hi, c_hi) - max(f_lo, c_lo)) <= 0.25 * (c_hi - c_lo + 1):
+                    beyond.append(c)
+            if beyond:
+                seeds.append(max(beyond, key=lambda c: c.ml))
     seed_mask = _components_mask(labels, seeds)
     footprints = {s.label: (labels[s.box] == s.label).any(axis=0) for s in seeds}
     for c in live:
