@@ -59,6 +59,14 @@ def _panel(title: str, epochs: list[int], series: dict[str, list[float]], log_y:
     return img
 
 
+def _iou_label(key: str) -> str:
+    """Legend of a validation IoU column: ``val_iou_224`` -> "224 px", ``val_iou_fov`` -> "cut fields of view"."""
+    suffix = key.replace("val_iou_", "")
+    if suffix == "fov":
+        return "cut fields of view"
+    return suffix + " px" if key != "val_iou" else key
+
+
 def plot_training_curves(history: list[dict], path: str | Path) -> Path:
     """Write a PNG of training loss, validation IoU (each validated size) and learning rate per epoch.
 
@@ -74,10 +82,7 @@ def plot_training_curves(history: list[dict], path: str | Path) -> Path:
         _panel(
             "validation IoU (Kaggle slices)",
             epochs,
-            {
-                k.replace("val_iou_", "") + (" px" if k != "val_iou" else ""): [r.get(k) for r in history]
-                for k in iou_keys
-            },
+            {_iou_label(k): [r.get(k) for r in history] for k in iou_keys},
             log_y=False,
         ),
         _panel("learning rate", epochs, {"lr": [r.get("lr") for r in history]}, log_y=True),
