@@ -127,6 +127,7 @@ AT_SURFACE = "at the body's surface"
 BELOW_LUNG = "below the diaphragm"
 FAR = "far from the lungs"
 TOO_SMALL = "too small"
+AT_IMAGE_EDGE = "at the image's edge"  # far from the lungs and open to the field of view's border
 
 
 def _component_stats(labels, n, spacing_zyx, body, shell, midline: float | None) -> list[Component]:
@@ -325,6 +326,17 @@ def select_lungs(
     for c in comps:  # report in the volume's own slice numbers
         c.box = tuple(slice(b.start + (o.start or 0), b.stop + (o.start or 0)) for b, o in zip(c.box, crop))
         c.top, c.bottom = c.top + (crop[0].start or 0), c.bottom + (crop[0].start or 0)
+        # Away from the lungs and within 10 mm of the image border: cushions or the air around a patient
+        # in a tight field of view, which the body mask cannot tell from a lung the field cuts.
+        _, ys, xs = c.box
+        edge_y, edge_x = (int(np.ceil(10.0 / float(s))) for s in spacing_zyx[1:])
+        if c.reason == FAR and (
+            ys.start < edge_y
+            or xs.start < edge_x
+            or ys.stop > full.shape[1] - edge_y
+            or xs.stop > full.shape[2] - edge_x
+        ):
+            c.reason = AT_IMAGE_EDGE
     return kept, report
 
 

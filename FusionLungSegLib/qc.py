@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .postprocess import (
+    AT_IMAGE_EDGE,
     AT_SURFACE,
     BELOW_LUNG,
     FAR,
@@ -210,9 +211,10 @@ def quality_check(
     # 5. Lung-like regions that post-processing removed.  Air outside the patient (cushions, head
     # holders) is unambiguous and only noted; inside the body it may hide a mistake: flagged when large.
     if report is not None:
-        removed = {reason: report.removed_ml(reason) for reason in (OUTSIDE_BODY, AT_SURFACE, BELOW_LUNG, FAR)}
+        reasons = (OUTSIDE_BODY, AT_SURFACE, BELOW_LUNG, FAR, AT_IMAGE_EDGE)
+        removed = {reason: report.removed_ml(reason) for reason in reasons}
         measures["removed_ml"] = {k: round(v, 1) for k, v in removed.items() if v > 0}
-        inside = {k: v for k, v in removed.items() if k != OUTSIDE_BODY and v >= 0.5}
+        inside = {k: v for k, v in removed.items() if k not in (OUTSIDE_BODY, AT_IMAGE_EDGE) and v >= 0.5}
         where = ", ".join(f"{v:.0f} mL {k}" for k, v in inside.items())
         if sum(inside.values()) >= lim["removed_flag_ml"]:
             flags.append(
@@ -225,5 +227,10 @@ def quality_check(
             notes.append(
                 f"{removed[OUTSIDE_BODY]:.0f} mL of air outside the patient (cushions, table, blankets) looked like "
                 "lung to the network and was removed."
+            )
+        if removed[AT_IMAGE_EDGE] >= lim["removed_note_ml"]:
+            notes.append(
+                f"{removed[AT_IMAGE_EDGE]:.0f} mL of lung-like air at the image's edge, away from the lungs (cushions, "
+                "air around a patient in a tight field of view), looked like lung to the network and was removed."
             )
     return {"ok": not flags, "flags": flags, "notes": notes, "measures": measures}

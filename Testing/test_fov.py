@@ -183,3 +183,18 @@ def test_two_lungs_joined_behind_the_heart_in_a_cut_field_are_not_given_one_side
     assert np.mean(labels[right | left] > 0) > 0.95
     swapped = max(np.mean(labels[right] == LEFT_LUNG), np.mean(labels[left] == RIGHT_LUNG))
     assert swapped < 0.05 or report.side_basis == SIDES_UNDECIDED, (report.side_basis, swapped)
+
+
+def test_lung_like_air_at_the_image_edge_away_from_the_lungs_is_noted_not_flagged():
+    p = chest(heart=True)
+    lung_rows = np.flatnonzero((p.parts["lung_right"] | p.parts["lung_left"]).any(axis=(0, 2)))
+    hu, right, left = _crop(p, None, lung_rows[-1] + 20)  # a tight field: the patient's back runs off it
+    pocket = np.zeros(hu.shape, bool)  # foam-like air in the body against the border, far from the lungs
+    pocket[8:16, -4:, 100:140] = True
+    hu[pocket] = -850
+    labels, report, body = _segment(hu, right | left | pocket, p.spacing_zyx)
+    assert not labels[pocket].any()
+    assert report.removed_ml("at the image's edge") > 0 and not report.removed("far from the lungs")
+    qc = quality_check(labels, p.spacing_zyx, body, report, hu=hu)
+    assert qc["ok"], qc["flags"]
+    assert any("image's edge" in n for n in qc["notes"])
