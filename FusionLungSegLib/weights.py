@@ -22,7 +22,7 @@ __all__ = [
 #: File name of the bundled model inside ``Resources/``.
 BUNDLED_WEIGHTS = "FusionLungNet.pt"
 #: sha256 of the bundled file; a file with another hash is refused.
-BUNDLED_SHA256 = "ce9c9b845f99cfc09ce0a83c9a3f9ec98ac93c1bdaba3f86581c6853d47c2da1"
+BUNDLED_SHA256 = "812b6de75c0852321932b5f128483f1bc11a501e12f9cd26a24b29ccf03d43fa"
 
 
 class WeightsError(RuntimeError):
