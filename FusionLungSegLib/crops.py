@@ -142,30 +142,17 @@ def crop_suite(image, labels, names=CROP_NAMES) -> list[CropSpec]:
         "cardiac_220mm", clip(z_lo, z_hi, cy - half_y, cy + half_y, midline - half_x, midline + half_x), 512
     )
     mediastinum = int(round(25.0 / sx))
-    r = sides[1]
-    specs["roi_right_lung"] = CropSpec(
-        "roi_right_lung",
-        clip(
-            r[0].min() - pad_z,
-            r[0].max() + 1 + pad_z,
-            ys[0] - pad_y,
-            ys[-1] + 1 + pad_y,
-            r[2].min() - pad_x,
-            midline + mediastinum,
-        ),
-    )
-    left = sides[2]
-    specs["roi_left_lung"] = CropSpec(
-        "roi_left_lung",
-        clip(
-            left[0].min() - pad_z,
-            left[0].max() + 1 + pad_z,
-            ys[0] - pad_y,
-            ys[-1] + 1 + pad_y,
-            midline - mediastinum,
-            left[2].max() + 1 + pad_x,
-        ),
-    )
+
+    def lung_roi(side: int) -> tuple[int, int, int, int, int, int]:
+        """Slicer's Crop Volume ROI around one lung, 10 mm beyond it and 25 mm past the midline."""
+        zz, _, xx = sides[side]
+        x0, x1 = (
+            (xx.min() - pad_x, midline + mediastinum) if side == 1 else (midline - mediastinum, xx.max() + 1 + pad_x)
+        )
+        return clip(zz.min() - pad_z, zz.max() + 1 + pad_z, ys[0] - pad_y, ys[-1] + 1 + pad_y, x0, x1)
+
+    specs["roi_right_lung"] = CropSpec("roi_right_lung", lung_roi(1))
+    specs["roi_left_lung"] = CropSpec("roi_left_lung", lung_roi(2))
     specs["right_half"] = CropSpec("right_half", (0, nz, 0, ny, 0, midline))
     specs["left_half"] = CropSpec("left_half", (0, nz, 0, ny, midline, nx))
     # 60 % of the body's depth: the lungs' extent stands in for the body (ribs to sternum and spine).

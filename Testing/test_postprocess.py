@@ -183,19 +183,26 @@ def test_growth_stops_at_tissue_and_outside_the_body():
     assert grown[lungs].mean() > 0.99
 
 
-def test_an_apex_cut_off_by_a_tumour_stays_lung_but_air_beside_it_does_not():
-    # Real failure (LUNG1-001): a tumour in the right upper lobe and slices the network missed cut the right
-    # apex (30 mL, 15 mm above the rest of the lung) off its lung; it was removed as "far from the lungs".
+def _right_apex_cut_off(tumour_slices: int):
+    """A chest whose right apex (its two highest slices) a tumour of ``tumour_slices`` slices cuts off
+    from the rest of the right lung; returns the phantom, the apex and the top slice."""
     p = chest(slices=30)
     right = p.parts["lung_right"]
     top = int(np.flatnonzero(right.any(axis=(1, 2)))[-1])
     apex = right.copy()
-    apex[: top - 1] = False  # the two highest slices
+    apex[: top - 1] = False
     tumour = right.copy()
-    tumour[: top - 4] = False
-    tumour &= ~apex  # three slices (15 mm) of tumour between the apex and the rest
+    tumour[: top - 1 - tumour_slices] = False
+    tumour &= ~apex
     p.hu[tumour] = 40
     p.parts["lung_right"] = right & ~tumour
+    return p, apex, top
+
+
+def test_an_apex_cut_off_by_a_tumour_stays_lung_but_air_beside_it_does_not():
+    # Real failure (LUNG1-001): a tumour in the right upper lobe and slices the network missed cut the right
+    # apex (30 mL, 15 mm above the rest of the lung) off its lung; it was removed as "far from the lungs".
+    p, apex, top = _right_apex_cut_off(tumour_slices=3)  # 15 mm of tumour between the apex and the rest
     size_mm = 256 * 1.95
     y, x = (np.mgrid[:256, :256] + 0.5) * 1.95
     beside = np.zeros(p.hu.shape, bool)  # an air pocket above the left lung but lateral to its footprint
@@ -212,16 +219,7 @@ def test_the_upper_half_of_a_scan_keeps_a_lung_whose_apex_a_tumour_cut_off():
     # candidate near the scan's top, and the rest of the right lung (950 mL) starts lower than the left
     # lung's apex window; the apex was taken for the right lung and the lung itself removed as "far from
     # the lungs".
-    p = chest(slices=30)
-    right = p.parts["lung_right"]
-    top = int(np.flatnonzero(right.any(axis=(1, 2)))[-1])
-    apex = right.copy()
-    apex[: top - 1] = False  # the two highest slices
-    tumour = right.copy()
-    tumour[: top - 6] = False
-    tumour &= ~apex  # five slices (25 mm) of tumour: the rest of the lung starts 35 mm below the top
-    p.hu[tumour] = 40
-    p.parts["lung_right"] = right & ~tumour
+    p, apex, _ = _right_apex_cut_off(tumour_slices=5)  # 25 mm: the rest of the lung starts 35 mm below the top
     labels, report = postprocess_with_report(_network_mask(p), p.spacing_zyx, hu=p.hu)
     _assert_lungs_exact(labels, p)
     assert not report.removed("far from the lungs")
