@@ -23,6 +23,7 @@ __all__ = [
     "SelectionReport",
     "remove_central_airways",
     "split_right_left",
+    "split_sides",
     "postprocess",
     "postprocess_with_report",
 ]
@@ -670,11 +671,6 @@ def _touching_lungs_midline(mask: np.ndarray, spacing_zyx, big_fraction: float, 
         return (a_hi + b_lo) / 2 if a_mean < b_mean else (b_hi + a_lo) / 2
     pair = _partner(labels, sizes, order, float(np.prod(spacing_zyx)) / 1000.0, 20.0)
     return None if pair is None else pair[1]
-
-
-def _split_right_left(mask: np.ndarray, big_fraction: float = 0.2, island_fraction: float = 0.0) -> np.ndarray:
-    """:func:`split_sides`' labels without a body mask (the mask's own middle when no anatomy decides)."""
-    return split_sides(mask, big_fraction, island_fraction)[0]
 
 
 def remove_central_airways(
