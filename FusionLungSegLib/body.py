@@ -177,7 +177,7 @@ def body_mask(
     else:
         body = _largest_component(tissue)
     body = _fill_holes_cut_by_border(body, int(round(border_gap_mm / (pixel * step))))
-    if lung_at_border and _touches_border(body).any():
+    if lung_at_border:
         body = _fill_lung_cut_by_border(body, hu, step, lung_at_border)
     body = body.repeat(step, axis=1).repeat(step, axis=2)
     return np.ascontiguousarray(body[:, : hu.shape[1], : hu.shape[2]])
@@ -193,7 +193,7 @@ def _fill_holes_cut_by_border(body: np.ndarray, max_gap: int) -> np.ndarray:
     stretches and stays outside.
     """
     z, h, w = body.shape
-    ring = np.concatenate([body[:, 0, :], body[:, 1:, -1], body[:, -1, -2::-1], body[:, -2:0:-1, 0]], axis=1)
+    ring = _ring(body)
     closed = ring.copy()
     for k in range(z):
         hits = np.flatnonzero(ring[k])
@@ -226,9 +226,10 @@ def _touches_border(body: np.ndarray) -> np.ndarray:
     )
 
 
-def _ring(plane: np.ndarray) -> np.ndarray:
-    """The border pixels of a 2D array in order around it (clockwise from the top-left corner)."""
-    return np.concatenate([plane[0, :], plane[1:, -1], plane[-1, -2::-1], plane[-2:0:-1, 0]])
+def _ring(a: np.ndarray) -> np.ndarray:
+    """The border pixels of each (h, w) plane of ``a`` (last two axes) in order around it, clockwise from
+    the top-left corner: shape (..., 2 * (h + w) - 4)."""
+    return np.concatenate([a[..., 0, :], a[..., 1:, -1], a[..., -1, -2::-1], a[..., -2:0:-1, 0]], axis=-1)
 
 
 def _fill_lung_cut_by_border(body: np.ndarray, hu: np.ndarray, step: int, min_share: float) -> np.ndarray:
@@ -240,8 +241,11 @@ def _fill_lung_cut_by_border(body: np.ndarray, hu: np.ndarray, step: int, min_sh
     """
     import cv2
 
+    cut = np.flatnonzero(_touches_border(body))
+    if cut.size == 0:
+        return body
     out = body.copy()
-    for k in np.flatnonzero(_touches_border(body)):
+    for k in cut:
         background = (~body[k]).view(np.uint8)
         n, labels = cv2.connectedComponents(background, connectivity=4)
         if n <= 1:
@@ -259,7 +263,6 @@ def _fill_lung_cut_by_border(body: np.ndarray, hu: np.ndarray, step: int, min_sh
             if runs > 4:
                 continue
             if share is None:  # lung-density share per working pixel, only for slices that need it
-                h, w = hu.shape[1:]
                 share = _block_fraction(hu[k : k + 1], *PARENCHYMA_HU, step)[0, : body.shape[1], : body.shape[2]]
             region = labels == c
             if float(share[region].mean()) >= min_share:
