@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from FusionLungSegLib.hardware import cpu_info
-from FusionLungSegLib.model import ARCHITECTURES, build_model, count_parameters
-from FusionLungSegLib.preprocess import enhance_slice
+from FusionLungSegLib.engines.hardware import cpu_info
+from FusionLungSegLib.nets.preprocess import enhance_slice
+from FusionLungSegLib.nets.registry import ARCHITECTURES, build_model, count_parameters
 
 
 def main(argv=None) -> int:

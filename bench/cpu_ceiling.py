@@ -18,9 +18,9 @@ from datetime import date
 import numpy as np
 import torch
 
-from FusionLungSegLib.bench import network_gflop_per_slice, speed_ceiling
-from FusionLungSegLib.hardware import cpu_info
-from FusionLungSegLib.model import build_model
+from FusionLungSegLib.engines.hardware import cpu_info
+from FusionLungSegLib.evaluation.bench import network_gflop_per_slice, speed_ceiling
+from FusionLungSegLib.nets.registry import build_model
 
 # (batch, in channels, out channels, kernel, side): convolutions of FusionLungNet at 160 px, batch 4
 SHAPES = [(4, 64, 64, 3, 40), (4, 256, 256, 3, 40), (4, 512, 512, 3, 20), (4, 512, 2048, 1, 10), (4, 64, 64, 3, 160)]

@@ -5,7 +5,7 @@ recorded lung-free slices, the QC verdict, and an axial strip PNG of each volume
     python bench/dev_volumes.py --out runs/dev --labels-dir DIR   # score label maps made earlier
     python bench/dev_volumes.py --out runs/crops --crops [--crop-names a,b] [--volumes a,b]
 
-``--crops`` runs every dev volume with lungs through the crop suite of :mod:`FusionLungSegLib.crops`
+``--crops`` runs every dev volume with lungs through the crop suite of :mod:`FusionLungSegLib.evaluation.crops`
 (cardiac field, Crop Volume ROIs, halves, anterior/posterior 60 %, upper/lower half) and compares each
 crop's labels with the full volume's labels inside it (and with the reference where one exists): Dice
 per side, share of a side labelled as the other, QC verdict. Writes ``OUT/crops.json`` and a strip per crop.
@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from FusionLungSegLib.crops import CROP_NAMES, compare_sides, crop_image, crop_suite, resample_like
-from FusionLungSegLib.data import default_data_dir, lung_free_catalogue
-from FusionLungSegLib.evaluate import evaluate_label_images
-from FusionLungSegLib.geometry import AxialReorientation
+from FusionLungSegLib.core.geometry import AxialReorientation
+from FusionLungSegLib.evaluation.crops import CROP_NAMES, compare_sides, crop_image, crop_suite, resample_like
+from FusionLungSegLib.evaluation.evaluate import evaluate_label_images
 from FusionLungSegLib.io import read_image, write_image
-from FusionLungSegLib.render import axial_strip_png
+from FusionLungSegLib.io.png import axial_strip_png
+from FusionLungSegLib.training.data import default_data_dir, lung_free_catalogue
 
 #: name -> (CT path under data/, lung label path or None)
 VOLUMES = {
@@ -72,8 +72,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seg = None
     if not args.labels_dir:
-        from FusionLungSegLib.inference import LungSegmenter
-        from FusionLungSegLib.threshold import HUThresholdSegmenter
+        from FusionLungSegLib.segmenter import HUThresholdSegmenter, LungSegmenter
 
         if args.method == "hu-threshold":
             seg = HUThresholdSegmenter()

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 B=".venv/bin/fusionlungseg bench --device cpu --threads 2"
 DEV=${DEV:-../shared/data/dev}
 P=${PREFIX:-cpu}
+# Results go in a dated folder named by the CPU, e.g. bench/results/2026-11-30_amd-epyc-avx512bf16/
+OUT=${OUT:-bench/results/$(date +%F)_$(.venv/bin/python -c "from FusionLungSegLib.engines.hardware import cpu_slug; print(cpu_slug())")}
+mkdir -p "$OUT"
 SIZES=${SIZES:-160 224}
 ALT=${ALT:---backend torch}  # the second 160 px row: plain PyTorch (fp32 CPUs) or fp32 (CPUs with bf16 units)
 ALT_NAME=${ALT_NAME:-torch}
@@ -17,13 +20,13 @@ for vol in C3N-00247_chest_ct NSCLCRadiomics_LUNG1-001_CT; do
   f="$DEV/$vol.nii.gz"
   [ -e "$f" ] || continue
   for s in $SIZES; do
-    $B --input "$f" --input-size "$s" --compare-lungmask --json "bench/${P}_${s}_${vol%%_*}_vs_lungmask.json"
+    $B --input "$f" --input-size "$s" --compare-lungmask --json "$OUT/${P}_${s}_${vol%%_*}_vs_lungmask.json"
   done
-  $B --input "$f" --input-size 160 $ALT --json "bench/${P}_160_${vol%%_*}_${ALT_NAME}.json"
+  $B --input "$f" --input-size 160 $ALT --json "$OUT/${P}_160_${vol%%_*}_${ALT_NAME}.json"
 done
 # Whole 300-slice synthetic volume: time and peak memory.
 for s in $SIZES; do
-  $B --input-size "$s" --slices 300 --json "bench/${P}_${s}.json"
+  $B --input-size "$s" --slices 300 --json "$OUT/${P}_${s}.json"
 done
 # The best these runs could be on this CPU: convolution peak per precision, operations per slice, ratio bounds.
-.venv/bin/python bench/cpu_ceiling.py bench/"${P}"_*_vs_lungmask.json --json "bench/${P}_ceiling.json"
+.venv/bin/python bench/cpu_ceiling.py "$OUT/${P}"_*_vs_lungmask.json --json "$OUT/${P}_ceiling.json"

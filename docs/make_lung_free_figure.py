@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import SimpleITK as sitk
 
-from FusionLungSegLib.data import default_data_dir, lung_free_catalogue
-from FusionLungSegLib.geometry import AxialReorientation
+from FusionLungSegLib.core.geometry import AxialReorientation
 from FusionLungSegLib.io import read_image
+from FusionLungSegLib.training.data import default_data_dir, lung_free_catalogue
 
 TILE = 200
 
