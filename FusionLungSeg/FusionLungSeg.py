@@ -23,6 +23,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from FusionLungSegLib.core.states import CANCELLING, DONE, FAILED, IDLE, RUNNING
+from FusionLungSegLib.engines.hardware import ALL_PRECISIONS
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -170,7 +173,6 @@ class FusionLungSegLogic(ScriptedLoadableModuleLogic):
 # Widget: wiring and processing states only. Inference runs in a worker thread (SegmentationTask); a QTimer
 # polls it, and the scene is changed on the main thread when it has finished. Runs only inside Slicer.
 #
-IDLE, RUNNING, CANCELLING, DONE, FAILED = "idle", "running", "cancelling", "done", "failed"
 POLL_MS = 100
 
 
@@ -195,7 +197,7 @@ class FusionLungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.clear()
         self.ui.deviceComboBox.addItems(["auto", "cuda", "cpu"])
         self.ui.precisionComboBox.clear()
-        self.ui.precisionComboBox.addItems(["auto", "fp32", "bf16", "int8"])
+        self.ui.precisionComboBox.addItems(list(ALL_PRECISIONS))
         self.logic = FusionLungSegLogic()
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)

@@ -28,13 +28,15 @@ from typing import Any
 import numpy as np
 import slicer
 
-from .inference import (
+from .core.states import CANCELLING, DONE, FAILED, IDLE, RUNNING
+from .core.terminology import SEGMENTS
+from .options import SegmentOptions
+from .segmenter import (
     InvalidInputError,
     LungSegmenter,
     SegmentationCancelled,
     check_hu_range,
 )
-from .terminology import SEGMENTS
 
 __all__ = [
     "LungSegmentationLogic",
@@ -44,7 +46,6 @@ __all__ = [
     "SEGMENTS",
     "volume_node_to_sitk",
     "sitk_to_volume_node",
-    "save_segmentation",
     "HeadlessSlicer",
     "SegmentationCancelled",
     "InvalidInputError",
@@ -60,7 +61,7 @@ def _ijk_to_ras(volume_node) -> np.ndarray:
 
     m = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(m)
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return slicer.util.arrayFromVTKMatrix(m)
 
 
 def volume_node_to_sitk(volume_node):
@@ -101,26 +102,6 @@ def sitk_to_volume_node(image, scene, name: str = "CT"):
     node.SetIJKToRASMatrix(vm)
     node.CreateDefaultDisplayNodes()
     return node
-
-
-def save_segmentation(segmentation_node, path) -> None:
-    """Write a segmentation node to ``.seg.nrrd`` atomically (temporary file, then rename)."""
-    import os
-    from pathlib import Path
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
-    scene = segmentation_node.GetScene()
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    try:
-        storage.SetFileName(str(tmp))
-        if not storage.WriteData(segmentation_node):
-            raise OSError(f"cannot write segmentation to {p}")
-        os.replace(tmp, p)
-    finally:
-        scene.RemoveNode(storage)
-        tmp.unlink(missing_ok=True)
 
 
 class HeadlessSlicer:
@@ -191,7 +172,7 @@ class LungSegmentationLogic:
         self.scene = scene if scene is not None else getattr(slicer, "mrmlScene", None)
         if self.scene is None:
             raise ValueError("no MRML scene: pass one, e.g. LungSegmentationLogic(scene)")
-        self._segmenters: dict[tuple, LungSegmenter] = {}
+        self._segmenters: dict[SegmentOptions, LungSegmenter] = {}
         self._segmenters_lock = threading.Lock()  # compute() may run in a worker thread
         self.last_label_image = None  # SimpleITK label map of the last run (on the volume's grid)
         self.last_result: SegmentationComputed | None = None  # everything compute() returned for it
@@ -201,13 +182,14 @@ class LungSegmentationLogic:
     def segmenter(
         self, weights=None, device: str = "auto", input_size: int | None = None, precision: str = "auto"
     ) -> LungSegmenter:
-        key = (str(weights) if weights else None, device, input_size, precision)
+        """The segmenter for these options, loaded once per set of options and shared by worker threads."""
+        options = SegmentOptions(
+            weights=str(weights) if weights else None, device=device, input_size=input_size, precision=precision
+        )
         with self._segmenters_lock:
-            if key not in self._segmenters:
-                self._segmenters[key] = LungSegmenter(
-                    weights, device=device, input_size=input_size, progress=False, precision=precision
-                )
-            return self._segmenters[key]
+            if options not in self._segmenters:
+                self._segmenters[options] = options.segmenter(progress=False)
+            return self._segmenters[options]
 
     # ------------------------------------------------------------ checks
     def validate_volume(self, volume_node) -> None:
@@ -473,7 +455,6 @@ class LungSegmentationLogic:
 
 
 #: Processing states of a :class:`SegmentationTask` (and of the panel that shows it).
-IDLE, RUNNING, CANCELLING, DONE, FAILED = "idle", "running", "cancelling", "done", "failed"
 
 
 class SegmentationTask:
@@ -567,5 +548,5 @@ def _labelmap_volume_ml(image, label_value: int) -> float:
     count = int(np.count_nonzero(numpy_support.vtk_to_numpy(scalars) == label_value))
     m = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(m)
-    voxel_mm3 = abs(np.linalg.det(np.array([[m.GetElement(r, c) for c in range(3)] for r in range(3)])))
+    voxel_mm3 = abs(np.linalg.det(slicer.util.arrayFromVTKMatrix(m)[:3, :3]))
     return count * voxel_mm3 / 1000.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PACKAGE_DIR", "resources_dir", "resource_path", "sample_ct_path"]
+__all__ = ["PACKAGE_DIR", "resources_dir", "resource_path", "sample_ct_path", "cache_dir"]
 
 #: The ``FusionLungSegLib`` package folder this module was imported from.
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -45,3 +45,16 @@ def resource_path(*parts: str, package_dir: str | Path | None = None) -> Path:
 def sample_ct_path() -> Path:
     """The bundled sample CT (a DICOM series folder of two real chest slices)."""
     return resource_path("Samples", "lungmask_testdata")
+
+
+def cache_dir() -> Path:
+    """The user's cache folder for this package: exported ONNX graphs, engine verdicts, training runs
+    (``runs/``).  ``$FUSIONLUNGSEG_CACHE`` if set, else ``$XDG_CACHE_HOME/fusionlungseg`` (on Windows
+    ``%LOCALAPPDATA%\\fusionlungseg``), else ``~/.cache/fusionlungseg``.  Not created here."""
+    import os
+
+    env = os.environ.get("FUSIONLUNGSEG_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or (os.environ.get("LOCALAPPDATA") if os.name == "nt" else None)
+    return Path(base) / "fusionlungseg" if base else Path.home() / ".cache" / "fusionlungseg"

@@ -44,7 +44,7 @@ def require(path: Path) -> Path:
 def tiny_train_config(out_dir, **options):
     """A TrainConfig for smoke runs on real slices: one epoch on the first four Kaggle slices at 64 px, on the
     CPU, without augmentation, lung-free or HU-labelled slices; ``options`` override any field."""
-    from FusionLungSegLib.train import TrainConfig
+    from FusionLungSegLib.training.train import TrainConfig
 
     settings = dict(
         data=str(require(DATA / "finding-lungs-2d.tar.gz")),
@@ -128,7 +128,7 @@ def rotation(axis, degrees) -> np.ndarray:
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory) -> Path:
     """An untrained FusionLungNet in the exported weights format (for pipeline and CLI tests)."""
-    from FusionLungSegLib.model import FusionLungNet
+    from FusionLungSegLib.nets.fusionlungnet import FusionLungNet
 
     torch.manual_seed(0)
     state = {k: v.half() if v.is_floating_point() else v for k, v in FusionLungNet().state_dict().items()}

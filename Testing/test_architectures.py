@@ -7,9 +7,10 @@ import SimpleITK as sitk
 import torch
 from conftest import SAMPLE_DICOM, tiny_train_config
 
-from FusionLungSegLib.losses import BCELoss, DeepSupervisionLoss, HybridLoss
-from FusionLungSegLib.model import ARCHITECTURES, FusionLungNet, build_model, count_parameters
-from FusionLungSegLib.weights import WeightsError
+from FusionLungSegLib.nets.fusionlungnet import FusionLungNet
+from FusionLungSegLib.nets.registry import ARCHITECTURES, build_model, count_parameters
+from FusionLungSegLib.nets.weights import WeightsError
+from FusionLungSegLib.training.losses import BCELoss, DeepSupervisionLoss, HybridLoss
 
 
 @pytest.mark.parametrize(
@@ -35,7 +36,7 @@ def test_unknown_architecture_is_a_clear_error():
 
 
 def test_bundled_model_still_loads_with_its_key_names():
-    from FusionLungSegLib.weights import load_weights
+    from FusionLungSegLib.nets.weights import load_weights
 
     state, meta = load_weights(None)
     assert meta["architecture"] == "FusionLungNet"
@@ -62,9 +63,9 @@ def test_ablation_losses():
     ],
 )
 def test_train_a_step_export_and_segment_without_naming_the_architecture_again(arch, flags, tmp_path):
-    from FusionLungSegLib.inference import LungSegmenter
     from FusionLungSegLib.io import read_image
-    from FusionLungSegLib.train import export_weights, train
+    from FusionLungSegLib.segmenter import LungSegmenter
+    from FusionLungSegLib.training.train import export_weights, train
 
     cfg = tiny_train_config(tmp_path / "run", arch=arch, **flags)
     result = train(cfg, progress=False)
@@ -78,7 +79,7 @@ def test_train_a_step_export_and_segment_without_naming_the_architecture_again(a
 
 
 def test_weights_of_one_architecture_do_not_load_as_another(tmp_path):
-    from FusionLungSegLib.inference import LungSegmenter
+    from FusionLungSegLib.segmenter import LungSegmenter
 
     state = {k: v.half() for k, v in build_model("resunet18").state_dict().items()}
     path = tmp_path / "w.pt"
@@ -88,7 +89,7 @@ def test_weights_of_one_architecture_do_not_load_as_another(tmp_path):
 
 
 def test_refinement_ablation_is_for_fusionlungnet_only(tmp_path):
-    from FusionLungSegLib.train import TrainConfig, train
+    from FusionLungSegLib.training.train import TrainConfig, train
 
     cfg = TrainConfig(out_dir=str(tmp_path), arch="unet", refinement=False, device="cpu")
     with pytest.raises(ValueError, match="ablation of FusionLungNet"):
@@ -98,8 +99,8 @@ def test_refinement_ablation_is_for_fusionlungnet_only(tmp_path):
 def test_enhancement_stage_is_stored_in_the_weights_and_applied_at_inference(tmp_path):
     import numpy as np
 
-    from FusionLungSegLib.inference import LungSegmenter
-    from FusionLungSegLib.train import export_weights, train
+    from FusionLungSegLib.segmenter import LungSegmenter
+    from FusionLungSegLib.training.train import export_weights, train
 
     cfg = tiny_train_config(tmp_path / "run", arch="resunet18", enhance=True)
     train(cfg, progress=False)
@@ -108,14 +109,14 @@ def test_enhancement_stage_is_stored_in_the_weights_and_applied_at_inference(tmp
     seg = LungSegmenter(exported["path"], device="cpu", progress=False, body_crop=False, backend="torch")
     assert seg.enhance
     seen = []
-    forward = seg._forward
-    seg._forward = lambda x: (seen.append(x.clone()), forward(x))[1]
+    forward = seg.engine.probabilities
+    seg.engine.probabilities = lambda x: (seen.append(x.clone()), forward(x))[1]
     hu = np.full((1, 128, 128), -1000, np.int16)
     yy, xx = np.mgrid[:128, :128]
     hu[0][((yy - 60) / 45) ** 2 + ((xx - 64) / 55) ** 2 < 1] = 40
     hu[0, 114:122, 10:118] = 300  # the scanner table, apart from the body
     seg.predict_canonical(hu, (1.0, 1.0))
-    seg.enhance = False
+    seg.predictor.enhance = False
     seg.predict_canonical(hu, (1.0, 1.0))
     table = (slice(None), 0, 58, slice(8, 56))  # the table's rows at 64 px
     assert float(seen[0][table].max()) < 0.01  # removed before the network: air

@@ -1,4 +1,4 @@
-"""The headless batch script, run as a user would (plain Python with the slicer-core wheel)."""
+"""The headless batch script, run as a user would (plain Python; a loop over the library, no Slicer needed)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import REPO, SAMPLE_DICOM, make_phantom
-
-pytest.importorskip("slicer", reason="slicer-core wheel not installed (pip install slicer-core)")
 
 SCRIPT = REPO / "Resources" / "Scripts" / "FusionLungSegBatch.py"
 
@@ -60,11 +58,14 @@ def test_batch_over_files_and_dicom_folder_with_one_bad_case(tmp_path, random_we
     labels = sitk.ReadImage(str(out / "phantom.nii.gz"))
     assert labels.GetSize() == img.GetSize() and np.allclose(labels.GetDirection(), img.GetDirection())
     assert np.allclose(labels.GetOrigin(), img.GetOrigin(), atol=1e-4)
-    # Same labels as the library gives on the file itself (the script went through Slicer's reader).
-    from FusionLungSegLib.inference import LungSegmenter
+    # Same labels as the library gives on the file itself, and the same segmentation in the .seg.nrrd.
+    from FusionLungSegLib.segmenter import LungSegmenter
 
     direct = LungSegmenter(weights=random_weights, device="cpu", input_size=64, progress=False).segment(img)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(direct))
+    slicerio = pytest.importorskip("slicerio")
+    segmentation = slicerio.read_segmentation(str(out / "phantom.seg.nrrd"))
+    assert [s["name"] for s in segmentation["segments"]] == ["right lung", "left lung"]
     assert not list(out.glob(".tmp-*"))
 
 

@@ -8,8 +8,8 @@ import types
 import pytest
 from conftest import ThresholdNet
 
-from FusionLungSegLib import bench
-from FusionLungSegLib.inference import LungSegmenter
+from FusionLungSegLib.evaluation import bench
+from FusionLungSegLib.segmenter import LungSegmenter
 
 
 class FakeClock:
@@ -32,11 +32,15 @@ class TimedSegmenter(LungSegmenter):
         super().__init__(model=ThresholdNet(), device="cpu", input_size=64, batch_size=2, progress=False)
         self.clock, self.batch_seconds, self.segment_stages = clock, batch_seconds, segment_stages
         self._in_segment = False
+        engine = self.engine
+        run = engine.probabilities
 
-    def _forward_with_retry(self, x):
-        if not self._in_segment:  # batches inside segment() are part of its fixed stage times
-            self.clock.advance(self.batch_seconds)
-        return super()._forward_with_retry(x)
+        def timed(x):
+            if not self._in_segment:  # batches inside segment() are part of its fixed stage times
+                self.clock.advance(self.batch_seconds)
+            return run(x)
+
+        engine.probabilities = timed
 
     def segment(self, image, progress=None, cancel=None):
         self._in_segment = True
@@ -105,7 +109,7 @@ def test_report_names_the_machine_and_the_settings():
 
 
 def test_report_names_the_cpu_and_its_bf16_units():
-    from FusionLungSegLib.hardware import cpu_info
+    from FusionLungSegLib.engines.hardware import cpu_info
 
     result = _run(FakeClock())
     assert result["cpu"] == cpu_info()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from FusionLungSegLib.bench import network_gflop_per_slice, speed_ceiling
-from FusionLungSegLib.model import build_model
+from FusionLungSegLib.evaluation.bench import network_gflop_per_slice, speed_ceiling
+from FusionLungSegLib.nets.registry import build_model
 
 RUN = {
     "input": "/data/LUNG1.nii.gz",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from phantoms import chest
 
-from FusionLungSegLib.body import body_mask, crop_box, outer_shell
+from FusionLungSegLib.core.body import body_mask, crop_box, outer_shell
 
 
 def _lungs(p):
@@ -94,7 +94,7 @@ def test_body_mask_works_at_any_pixel_size(pixel_mm):
 @pytest.mark.parametrize("shape", [(3, 24, 24), (2, 25, 31)])
 def test_block_majority_counts_half_a_block_or_more(step, shape):
     """Against a direct count of each block (the last row and column repeated past the edge)."""
-    from FusionLungSegLib.body import _block_majority
+    from FusionLungSegLib.core.masks import block_majority
 
     rng = np.random.default_rng(step)
     mask = rng.random(shape) < rng.random((shape[0], 1, 1))  # slices from sparse to dense
@@ -102,4 +102,4 @@ def test_block_majority_counts_half_a_block_or_more(step, shape):
     padded = np.pad(mask, ((0, 0), (0, -h % step), (0, -w % step)), mode="edge")
     hb, wb = padded.shape[1] // step, padded.shape[2] // step
     counts = padded.reshape(z, hb, step, wb, step).sum(axis=(2, 4))
-    np.testing.assert_array_equal(_block_majority(mask, step), counts * 2 >= step * step)
+    np.testing.assert_array_equal(block_majority(mask, step), counts * 2 >= step * step)

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from conftest import DATA, SAMPLE_DICOM, require
 
-from FusionLungSegLib import weights as W
-from FusionLungSegLib.metrics import dice
+from FusionLungSegLib.core.metrics import dice
+from FusionLungSegLib.nets import weights as W
 
 pytestmark = pytest.mark.skipif(not W.BUNDLED_SHA256, reason="no trained weights are bundled yet")
 
 
 @pytest.fixture(scope="module")
 def segmenter():
-    from FusionLungSegLib.inference import LungSegmenter
+    from FusionLungSegLib.segmenter import LungSegmenter
 
     return LungSegmenter(device="cpu", progress=False)
 
@@ -24,7 +24,7 @@ def test_bundled_file_matches_its_checksum():
 
 
 def test_bundled_model_segments_held_out_real_slices(segmenter):
-    from FusionLungSegLib.data import load_finding_lungs
+    from FusionLungSegLib.training.data import load_finding_lungs
 
     names = list(segmenter.meta["validation"])[:2]
     assert names, "the bundled file records its validation slices"
@@ -68,10 +68,10 @@ def test_skipping_lung_free_slices_changes_nothing_on_every_dev_volume(segmenter
     """
     import SimpleITK as sitk
 
-    from FusionLungSegLib.body import body_mask, slices_that_may_hold_lung
-    from FusionLungSegLib.geometry import AxialReorientation
+    from FusionLungSegLib.core.body import body_mask, slices_that_may_hold_lung
+    from FusionLungSegLib.core.geometry import AxialReorientation
+    from FusionLungSegLib.core.postprocess import postprocess
     from FusionLungSegLib.io import read_image
-    from FusionLungSegLib.postprocess import postprocess
 
     image = read_image(require(DATA / path))
     reo = AxialReorientation.from_image(image)

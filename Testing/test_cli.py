@@ -161,7 +161,7 @@ def test_inspect_prints_ml_per_slice_range_and_writes_a_strip(tmp_path, capsys):
 
 
 def test_evaluate_counts_lung_on_slices_where_the_reference_has_none():
-    from FusionLungSegLib.evaluate import evaluate_label_images
+    from FusionLungSegLib.evaluation.evaluate import evaluate_label_images
 
     ref = np.zeros((6, 20, 20), np.uint8)
     ref[1:4, 5:15, 2:8] = 1

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import torch
 from conftest import DATA, require
 
-from FusionLungSegLib.data import Augment, load_finding_lungs, load_volume_slices, split_by_case
+from FusionLungSegLib.training.data import Augment, load_finding_lungs, load_volume_slices, split_by_case
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_split_is_seeded_disjoint_and_covers_all():
 
 
 def test_augmentation_moves_image_and_mask_together(slices):
-    from FusionLungSegLib.preprocess import mask_to_network, to_network
+    from FusionLungSegLib.nets.preprocess import mask_to_network, to_network
 
     x, frame = to_network(slices.images[:4], 96)
     m = mask_to_network(slices.masks[:4], frame)

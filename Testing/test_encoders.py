@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from FusionLungSegLib import encoders
-from FusionLungSegLib.baselines import ResNet18Encoder
-from FusionLungSegLib.model import ResNet50Encoder, build_model
+from FusionLungSegLib.nets import encoders
+from FusionLungSegLib.nets.baselines import ResNet18Encoder
+from FusionLungSegLib.nets.fusionlungnet import ResNet50Encoder
+from FusionLungSegLib.nets.registry import build_model
 
 needs_torchvision = pytest.mark.skipif(
     not encoders.torchvision_available(),
@@ -35,7 +36,7 @@ def test_torchvision_and_builtin_encoders_have_the_same_keys_and_compute_the_sam
 
 @needs_torchvision
 def test_models_take_torchvision_trunks_by_default_and_the_bundled_file_loads_into_them():
-    from FusionLungSegLib.weights import load_weights
+    from FusionLungSegLib.nets.weights import load_weights
 
     state, meta = load_weights(None)
     model = build_model(meta["architecture"])
@@ -46,7 +47,7 @@ def test_models_take_torchvision_trunks_by_default_and_the_bundled_file_loads_in
 
 def test_builtin_trunk_can_be_chosen_and_a_bad_choice_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("FUSIONLUNGSEG_RESNET", "builtin")
-    assert type(ResNet18Encoder().layer1[0]).__module__ == "FusionLungSegLib.baselines"
+    assert type(ResNet18Encoder().layer1[0]).__module__ == "FusionLungSegLib.nets.baselines"
     monkeypatch.setenv("FUSIONLUNGSEG_RESNET", "keras")
     with pytest.raises(ValueError, match="must be 'torchvision' or 'builtin'"):
         encoders.use_torchvision()

@@ -11,16 +11,12 @@ import numpy as np
 import pytest
 from phantoms import chest
 
-from FusionLungSegLib.body import body_mask
-from FusionLungSegLib.data import SliceSet, fov_cut_variants
-from FusionLungSegLib.postprocess import (
-    LEFT_LUNG,
-    RIGHT_LUNG,
-    SIDES_LATERAL,
-    SIDES_UNDECIDED,
-    postprocess_with_report,
-)
-from FusionLungSegLib.qc import quality_check
+from FusionLungSegLib.core.body import body_mask
+from FusionLungSegLib.core.labels import LEFT_LUNG, RIGHT_LUNG
+from FusionLungSegLib.core.postprocess import postprocess_with_report
+from FusionLungSegLib.core.qc import quality_check
+from FusionLungSegLib.core.sides import SIDES_LATERAL, SIDES_UNDECIDED
+from FusionLungSegLib.training.data import SliceSet, fov_cut_variants
 
 
 def _crop(p, y0=None, y1=None, x0=None, x1=None, mirror=False):

@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import DATA, require
 
-from FusionLungSegLib import weights as W
-from FusionLungSegLib.crops import compare_sides, crop_image, crop_suite, resample_like
+from FusionLungSegLib.evaluation.crops import compare_sides, crop_image, crop_suite, resample_like
+from FusionLungSegLib.nets import weights as W
 
 pytestmark = pytest.mark.skipif(not W.BUNDLED_SHA256, reason="no trained weights are bundled yet")
 
@@ -33,7 +33,7 @@ def lung1():
 
 @pytest.fixture(scope="module")
 def segmenter():
-    from FusionLungSegLib.inference import LungSegmenter
+    from FusionLungSegLib.segmenter import LungSegmenter
 
     return LungSegmenter(device="cpu", progress=False)
 

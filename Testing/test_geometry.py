@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_phantom, rotation
 
-from FusionLungSegLib.geometry import AxialReorientation, voxel_centres_lps
-from FusionLungSegLib.inference import LungSegmenter
+from FusionLungSegLib.core.geometry import AxialReorientation, voxel_centres_lps
+from FusionLungSegLib.segmenter import LungSegmenter
 
 PERMS = [np.eye(3)[:, list(p)] for p in itertools.permutations(range(3))]
 

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from FusionLungSegLib import hardware
+from FusionLungSegLib.engines import hardware
 
 AMX_CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel

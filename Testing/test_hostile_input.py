@@ -11,8 +11,9 @@ import torch
 from conftest import make_phantom
 
 from FusionLungSegLib.cli import main
-from FusionLungSegLib.inference import InvalidInputError, LungSegmenter
+from FusionLungSegLib.engines.torch_engine import TorchEngine
 from FusionLungSegLib.io import read_image
+from FusionLungSegLib.segmenter import InvalidInputError, LungSegmenter
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_extreme_spacing_still_lands_on_the_lungs(seg, spacing):
     img, lung_fn = make_phantom(np.eye(3), spacing=spacing, size=size)
     labels = sitk.GetArrayFromImage(seg.segment(img))
     assert labels.shape == sitk.GetArrayFromImage(img).shape
-    from FusionLungSegLib.geometry import voxel_centres_lps
+    from FusionLungSegLib.core.geometry import voxel_centres_lps
 
     truth = lung_fn(voxel_centres_lps(img, np.argwhere(np.ones(labels.shape, bool)))).reshape(labels.shape)
     sure = truth >= 0  # away from the surface, where partial voxels decide
@@ -138,37 +139,59 @@ class _OOMOnBigBatches(torch.nn.Module):
         return torch.zeros_like(x)
 
 
-def _pretend_cuda(seg):
-    seg.device = torch.device("cuda")
-    seg._forward = lambda x: torch.sigmoid(seg.model(x))  # no transfer: the model runs on the CPU
-    return seg
+def _pretend_cuda(model):
+    """A torch engine that believes it runs on CUDA; its network stays on the CPU (no transfer)."""
+    engine = TorchEngine(model, torch.device("cpu"), "fp32", "fp32")
+    engine.device = torch.device("cuda")
+    real_logits = engine.logits
+    engine.logits = lambda x: real_logits(x) if engine.device.type == "cpu" else model(x)
+    return engine
 
 
 def test_out_of_memory_halves_the_batch_and_completes():
     model = _OOMOnBigBatches(limit=2)
-    seg = _pretend_cuda(LungSegmenter(model=model, device="cpu", batch_size=8, input_size=64, progress=False))
+    engine = _pretend_cuda(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = seg._forward_with_retry(torch.zeros(8, 1, 64, 64))
+        out = engine.probabilities(torch.zeros(8, 1, 64, 64))
     assert out.shape == (8, 1, 64, 64)
-    assert model.sizes[:3] == [8, 4, 2] and seg.batch_size == 2
+    assert model.sizes[:3] == [8, 4, 2] and engine.max_batch == 2
     assert any("retrying with batch size" in str(w.message) for w in caught)
+
+
+def test_the_predictor_sends_no_batch_larger_than_the_engine_found_to_fit():
+    from FusionLungSegLib.engines.network import NetworkPredictor
+
+    class Engine:  # as a torch engine after an out-of-memory retry halved 8 to 2
+        runtime, precision, device, notify, max_batch = "torch", "fp32", torch.device("cpu"), None, 2
+
+        def __init__(self):
+            self.sizes = []
+
+        def probabilities(self, x):
+            self.sizes.append(x.shape[0])
+            return torch.zeros_like(x)
+
+    engine = Engine()
+    predictor = NetworkPredictor(engine, input_size=64, hu_window=(-1000, 400), body_crop=None, batch_size=8)
+    predictor.progress = False
+    mask = predictor.predict_canonical(np.full((7, 64, 64), -1000, np.int16), (1.0, 1.0))
+    assert mask.shape == (7, 64, 64) and not mask.any() and engine.sizes == [2, 2, 2, 1]
 
 
 def test_out_of_memory_at_batch_one_falls_back_to_cpu():
     model = _OOMOnBigBatches(limit=0)
-    seg = _pretend_cuda(LungSegmenter(model=model, device="cpu", batch_size=2, input_size=64, progress=False))
-    seg_forward_cpu = LungSegmenter._forward.__get__(seg)
+    engine = _pretend_cuda(model)
+    real_logits = engine.logits
 
     def fallback_aware(x):
-        if seg.device.type == "cpu":
+        if engine.device.type == "cpu":
             model.limit = 99  # on the CPU there is memory enough
-            return seg_forward_cpu(x)
-        return torch.sigmoid(model(x))
+        return real_logits(x)
 
-    seg._forward = fallback_aware
+    engine.logits = fallback_aware
     with pytest.warns(UserWarning) as caught:
-        out = seg._forward_with_retry(torch.zeros(2, 1, 64, 64))
-    assert out.shape == (2, 1, 64, 64) and seg.device.type == "cpu"
+        out = engine.probabilities(torch.zeros(2, 1, 64, 64))
+    assert out.shape == (2, 1, 64, 64) and engine.device.type == "cpu"
     said = [str(w.message) for w in caught]
     assert any("retrying with batch size 1" in m for m in said) and any("continuing on the CPU" in m for m in said)

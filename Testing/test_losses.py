@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from FusionLungSegLib.losses import DeepSupervisionLoss, FocalLoss, HybridLoss, IoULoss, SSIMLoss
+from FusionLungSegLib.training.losses import DeepSupervisionLoss, FocalLoss, HybridLoss, IoULoss, SSIMLoss
 
 
 def _target(seed=0, size=32):

@@ -7,7 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from FusionLungSegLib.metrics import accuracy, dice, hd95, iou, mcc, precision, recall, table2_metrics, volume_ml
+from FusionLungSegLib.core.metrics import (
+    accuracy,
+    dice,
+    hd95,
+    hd95_pooled,
+    iou,
+    mcc,
+    precision,
+    recall,
+    table2_metrics,
+    volume_ml,
+)
 
 
 def test_hand_computed_2d_case():
@@ -62,3 +73,26 @@ def test_hd95_is_spacing_aware():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         iou(np.zeros((2, 2)), np.zeros((3, 3)))
+
+
+def test_hd95_is_the_larger_directed_percentile_not_the_pooled_one():
+    """MONAI's and surface-distance's definition: max of the two directed 95th percentiles."""
+    ref = np.zeros((1, 30), bool)
+    pred = np.zeros((1, 30), bool)
+    ref[0, 0] = True
+    pred[0, 0] = pred[0, 10] = True  # a far island in the prediction only
+    # pred -> ref: distances 0 and 10 (95th percentile 9.5); ref -> pred: 0. Pooled (0, 10, 0): 9.0.
+    assert hd95(pred, ref, (1.0, 1.0)) == pytest.approx(9.5)
+    assert hd95(ref, pred, (1.0, 1.0)) == pytest.approx(9.5)  # symmetric
+    assert hd95_pooled(pred, ref, (1.0, 1.0)) == pytest.approx(9.0)
+    assert hd95_pooled(np.zeros((2, 2), bool), np.zeros((2, 2), bool), (1, 1)) == 0.0
+
+
+def test_evaluation_table_keeps_long_headers_apart():
+    from FusionLungSegLib.evaluation.evaluate import format_table
+
+    rows = [{"case": "a", "hd95_left_mm": 2.5, "ml_on_ref_free_slices": 0.0}, {"case": "b", "hd95_left_mm": 3.5}]
+    lines = format_table(rows, keys=["hd95_left_mm", "ml_on_ref_free_slices"]).splitlines()
+    assert lines[0].split() == ["case", "hd95_left_mm", "ml_on_ref_free_slices"]
+    assert lines[2].split() == ["a", "2.50", "0.00"] and lines[3].split() == ["b", "3.50", "-"]
+    assert lines[-1].split()[:3] == ["mean", "±", "sd"] and "3.00 ± 0.71" in lines[-1]

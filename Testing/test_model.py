@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from FusionLungSegLib.model import (
+from FusionLungSegLib.nets.fusionlungnet import (
     ChannelAggregationAttention,
     FusionLungNet,
     MultiScaleFeatureFusion,
     ResidualRefinement,
     ResNet50Encoder,
     SelfRefinement,
-    count_parameters,
     load_encoder_weights,
 )
+from FusionLungSegLib.nets.registry import count_parameters
 
 PAPER_PARAMETERS = 46.1e6
 

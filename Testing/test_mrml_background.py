@@ -12,8 +12,7 @@ import SimpleITK as sitk
 from conftest import ThresholdNet, make_phantom
 from mrml_fixtures import shared_session, slicer
 
-from FusionLungSegLib.hardware import resolve_precision
-from FusionLungSegLib.inference import LungSegmenter
+from FusionLungSegLib.engines.hardware import resolve_precision
 from FusionLungSegLib.mrml import (
     CANCELLING,
     DONE,
@@ -25,6 +24,7 @@ from FusionLungSegLib.mrml import (
     SegmentationCancelled,
     SegmentationTask,
 )
+from FusionLungSegLib.segmenter import LungSegmenter
 
 SLICES = 40  # the phantom's slices: 10 batches of 4
 
@@ -38,16 +38,19 @@ class GatedSegmenter(LungSegmenter):
         self.hold_at, self.fail = hold_at, fail
         self.batches, self.threads = 0, set()
         self.held, self.release = threading.Event(), threading.Event()
+        run = self.engine.probabilities
 
-    def _forward_with_retry(self, x):
-        self.batches += 1
-        self.threads.add(threading.get_ident())
-        if self.fail:
-            raise RuntimeError("the network failed")
-        if self.batches == self.hold_at:
-            self.held.set()
-            assert self.release.wait(30), "the test never released the held batch"
-        return super()._forward_with_retry(x)
+        def gated(x):
+            self.batches += 1
+            self.threads.add(threading.get_ident())
+            if self.fail:
+                raise RuntimeError("the network failed")
+            if self.batches == self.hold_at:
+                self.held.set()
+                assert self.release.wait(30), "the test never released the held batch"
+            return run(x)
+
+        self.engine.probabilities = gated
 
 
 @pytest.fixture
@@ -91,17 +94,19 @@ def test_compute_in_a_worker_while_the_main_thread_waits_then_apply(logic, volum
     reference_labels = sitk.GetArrayFromImage(logic.last_label_image)
     reference_volumes = logic.lung_volumes_ml(reference)
 
-    seg = GatedSegmenter()
+    seg = GatedSegmenter(hold_at=1)  # the first batch waits for the first poll: no race with a fast worker
     task = SegmentationTask(logic, logic.prepare(volume, segmenter=seg))
     assert task.state == IDLE and not task.finished
     task.start()
-    seen = []
+    assert seg.held.wait(30), "the worker never reached its first batch"
+    seen = [(task.state, task.fraction)]
+    seg.release.set()
     deadline = time.monotonic() + 60
     while not task.finished:  # the main thread is free: it only polls, as the panel's timer does
         seen.append((task.state, task.fraction))
         assert time.monotonic() < deadline
         time.sleep(0.002)
-    assert {state for state, _ in seen} <= {RUNNING} and seen
+    assert {state for state, _ in seen} <= {RUNNING} and seen[0] == (RUNNING, 0.0)
     assert threading.get_ident() not in seg.threads and len(seg.threads) == 1
     assert seg.batches == SLICES // 4
     node = task.finish()

@@ -8,9 +8,9 @@ import SimpleITK as sitk
 from conftest import SAMPLE_DICOM, ThresholdNet, make_phantom, rotation
 from mrml_fixtures import shared_session, slicer
 
-from FusionLungSegLib.geometry import voxel_centres_lps
-from FusionLungSegLib.inference import LungSegmenter
+from FusionLungSegLib.core.geometry import voxel_centres_lps
 from FusionLungSegLib.mrml import SEGMENTS, LungSegmentationLogic, SegmentationCancelled, volume_node_to_sitk
+from FusionLungSegLib.segmenter import LungSegmenter
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +71,7 @@ def _segment_points_lps(segmentation_node, segment_id):
     ijk = kji[:, ::-1] + [extent[0], extent[2], extent[4]]
     m = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(m)
-    mat = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    mat = slicer.util.arrayFromVTKMatrix(m)
     ras = (mat @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
     return ras * [-1, -1, 1]
 
@@ -153,8 +153,8 @@ def test_real_ct_slices_from_the_sample(session, scene, logic, random_weights):
 
 def test_console_int8_on_the_sample_matches_fp32(scene, logic):
     """The console call with precision int8 (ONNX Runtime), the bundled model: labels as fp32's."""
-    from FusionLungSegLib import onnx_backend
-    from FusionLungSegLib.weights import BUNDLED_SHA256
+    from FusionLungSegLib.engines import onnx as onnx_backend
+    from FusionLungSegLib.nets.weights import BUNDLED_SHA256
 
     if not (onnx_backend.available() and BUNDLED_SHA256):
         pytest.skip("needs onnxruntime and onnx (pip install '.[onnx]') and the bundled weights")

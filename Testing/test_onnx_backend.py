@@ -12,11 +12,14 @@ import torch
 from conftest import DATA, SAMPLE_DICOM, require
 from torch import nn
 
-from FusionLungSegLib import onnx_backend as OB
-from FusionLungSegLib import weights as W
-from FusionLungSegLib.inference import LungSegmenter
+from FusionLungSegLib.engines import factory
+from FusionLungSegLib.engines import onnx as OB
+from FusionLungSegLib.engines import selection as SEL
+from FusionLungSegLib.nets import weights as W
+from FusionLungSegLib.resources import cache_dir
+from FusionLungSegLib.segmenter import LungSegmenter
 
-needs_ort = pytest.mark.skipif(not OB.available(), reason="onnxruntime/onnx not installed (pip install '.[onnx]')")
+needs_ort = pytest.mark.skipif(not SEL.available(), reason="onnxruntime/onnx not installed (pip install '.[onnx]')")
 
 
 class SmallNet(nn.Module):
@@ -39,51 +42,51 @@ class SmallNet(nn.Module):
 @pytest.fixture(autouse=True)
 def without_openvino(monkeypatch):
     """ONNX Runtime alone, as without the openvino extra (test_openvino_backend.py covers both)."""
-    monkeypatch.setattr(OB, "openvino_available", lambda: False)
+    monkeypatch.setattr(SEL, "openvino_available", lambda: False)
 
 
 def test_resolve_backend_rules(monkeypatch):
     monkeypatch.delenv("FUSIONLUNGSEG_BACKEND", raising=False)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(OB, "available", lambda: True)
-    assert OB.resolve_backend("auto", cpu, "fp32") == "auto"
-    assert OB.resolve_backend("onnxruntime", cpu, "fp32") == "onnxruntime"
-    assert OB.resolve_backend("torch", cpu, "fp32") == "torch"
-    assert OB.resolve_backend(None, cuda, "bf16") == "torch"  # auto: ONNX Runtime runs CPU fp32 only
-    assert OB.resolve_backend("auto", cpu, "bf16") == "torch"
+    monkeypatch.setattr(SEL, "available", lambda: True)
+    assert SEL.resolve_backend("auto", cpu, "fp32") == "auto"
+    assert SEL.resolve_backend("onnxruntime", cpu, "fp32") == "onnxruntime"
+    assert SEL.resolve_backend("torch", cpu, "fp32") == "torch"
+    assert SEL.resolve_backend(None, cuda, "bf16") == "torch"  # auto: ONNX Runtime runs CPU fp32 only
+    assert SEL.resolve_backend("auto", cpu, "bf16") == "torch"
     with pytest.raises(ValueError, match="CPU only"):
-        OB.resolve_backend("onnxruntime", cuda, "fp32")
+        SEL.resolve_backend("onnxruntime", cuda, "fp32")
     with pytest.raises(ValueError, match="fp32 and int8 only"):
-        OB.resolve_backend("onnxruntime", cpu, "bf16")
+        SEL.resolve_backend("onnxruntime", cpu, "bf16")
     # int8 runs in ONNX Runtime on the CPU only, whatever the variable says
-    assert OB.resolve_backend("auto", cpu, "int8") == "onnxruntime"
+    assert SEL.resolve_backend("auto", cpu, "int8") == "onnxruntime"
     with pytest.raises(ValueError, match="ONNX Runtime or OpenVINO only"):
-        OB.resolve_backend("torch", cpu, "int8")
+        SEL.resolve_backend("torch", cpu, "int8")
     with pytest.raises(ValueError, match="CPU only"):
-        OB.resolve_backend("auto", cuda, "int8")
+        SEL.resolve_backend("auto", cuda, "int8")
     with pytest.raises(ValueError, match="auto, torch, onnxruntime, openvino"):
-        OB.resolve_backend("tensorrt", cpu, "fp32")
+        SEL.resolve_backend("tensorrt", cpu, "fp32")
     monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "torch")
-    assert OB.resolve_backend("auto", cpu, "fp32") == "torch"
-    assert OB.resolve_backend("onnxruntime", cpu, "fp32") == "onnxruntime"  # explicit wins over the variable
+    assert SEL.resolve_backend("auto", cpu, "fp32") == "torch"
+    assert SEL.resolve_backend("onnxruntime", cpu, "fp32") == "onnxruntime"  # explicit wins over the variable
     monkeypatch.delenv("FUSIONLUNGSEG_BACKEND")
-    monkeypatch.setattr(OB, "available", lambda: False)
-    assert OB.resolve_backend("auto", cpu, "fp32") == "torch"
+    monkeypatch.setattr(SEL, "available", lambda: False)
+    assert SEL.resolve_backend("auto", cpu, "fp32") == "torch"
     with pytest.raises(ValueError, match="pip install"):
-        OB.resolve_backend("onnxruntime", cpu, "fp32")
+        SEL.resolve_backend("onnxruntime", cpu, "fp32")
     with pytest.raises(ValueError, match="precision int8 needs onnxruntime"):
-        OB.resolve_backend("auto", cpu, "int8")
+        SEL.resolve_backend("auto", cpu, "int8")
     monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "torch")
-    monkeypatch.setattr(OB, "available", lambda: True)
-    assert OB.resolve_backend("auto", cpu, "int8") == "onnxruntime"  # asked for by name: the variable yields
+    monkeypatch.setattr(SEL, "available", lambda: True)
+    assert SEL.resolve_backend("auto", cpu, "int8") == "onnxruntime"  # asked for by name: the variable yields
 
 
 def test_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("FUSIONLUNGSEG_CACHE", str(tmp_path / "a"))
-    assert OB.cache_dir() == tmp_path / "a"
+    assert cache_dir() == tmp_path / "a"
     monkeypatch.delenv("FUSIONLUNGSEG_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert OB.cache_dir() == tmp_path / "xdg" / "fusionlungseg"
+    assert cache_dir() == tmp_path / "xdg" / "fusionlungseg"
 
 
 def test_weights_key(random_weights, monkeypatch):
@@ -112,17 +115,17 @@ def test_onnxruntime_matches_torch_and_the_graph_is_cached_by_weights(engine_cac
     ort_seg = LungSegmenter(
         model=SmallNet(), device="cpu", precision="fp32", input_size=64, progress=False, backend="onnxruntime"
     )
-    assert ort_seg.backend == "onnxruntime" and torch_seg._onnx is None
+    assert ort_seg.backend == "onnxruntime" and torch_seg.backend == "torch"
     for size in (64, 96):  # one graph, any multiple of 32
         x = torch.rand(3, 1, size, size)
-        np.testing.assert_allclose(ort_seg._forward(x), torch_seg._forward(x), atol=1e-5)
+        np.testing.assert_allclose(ort_seg.engine.probabilities(x), torch_seg.engine.probabilities(x), atol=1e-5)
     graphs = list(engine_cache.glob("*.onnx"))
     assert len(graphs) == 1 and OB.state_sha256(ort_seg.model) in graphs[0].name
     mtime = graphs[0].stat().st_mtime_ns
     again = LungSegmenter(
         model=SmallNet(), device="cpu", precision="fp32", input_size=64, progress=False, backend="onnxruntime"
     )
-    again._forward(torch.rand(1, 1, 64, 64))
+    again.engine.probabilities(torch.rand(1, 1, 64, 64))
     assert [p.stat().st_mtime_ns for p in engine_cache.glob("*.onnx")] == [mtime]  # reused, not exported again
     assert not list(engine_cache.glob(".tmp-*"))
 
@@ -134,16 +137,16 @@ def test_int8_graph_is_quantized_from_real_ct_once_and_close_to_fp32(engine_cach
     monkeypatch.setattr(OB, "quantize_graph", lambda *a: built.append(a[2]) or real_quantize(*a))
     fp32 = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, progress=False)
     int8 = LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, progress=False)
-    assert (int8.precision, int8.backend, int8._onnx.precision) == ("int8", "onnxruntime", "int8")
+    assert (int8.precision, int8.backend, type(int8.engine).__name__) == ("int8", "onnxruntime", "OnnxRuntimeEngine")
     x = int8.calibration_inputs()
     assert x.shape == (2, 1, 64, 64) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0  # the sample's 2 slices
-    p32, p8 = fp32._forward_with_retry(x), int8._forward_with_retry(x)
+    p32, p8 = fp32.engine.probabilities(x), int8.engine.probabilities(x)
     assert float((p32 - p8).abs().max()) < 0.1 and float(((p32 > 0.5) != (p8 > 0.5)).float().mean()) < 0.01
     assert len(built) == 1 and torch.equal(built[0], x)  # calibrated on the sample as the segmenter prepares it
     names = sorted(g.name for g in engine_cache.glob("*.onnx"))
     assert len(names) == 2 and names[0] == names[1][: -len(".onnx")] + f"-int8-q{OB.INT8_FORMAT}-64px.onnx"
     again = LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, progress=False)
-    again._forward(x)
+    again.engine.probabilities(x)
     assert len(built) == 1 and not list(engine_cache.glob(".tmp-*"))  # cached: not quantized again
 
 
@@ -164,16 +167,15 @@ def test_a_run_that_builds_the_graph_says_so_in_its_progress(engine_cache):
 def test_int8_is_refused_where_it_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match="ONNX Runtime or OpenVINO only"):
         LungSegmenter(model=SmallNet(), device="cpu", precision="int8", backend="torch", progress=False)
-    monkeypatch.setattr(OB, "available", lambda: False)
+    monkeypatch.setattr(SEL, "available", lambda: False)
     with pytest.raises(ValueError, match=r"pip install 'fusionlungseg\[onnx\]'"):
         LungSegmenter(model=SmallNet(), device="cpu", precision="int8", progress=False)
 
 
 def test_auto_times_int8_only_for_trained_sizes_on_the_cpu(monkeypatch):
-    monkeypatch.setattr(OB, "available", lambda: True)
+    monkeypatch.setattr(SEL, "available", lambda: True)
     monkeypatch.delenv("FUSIONLUNGSEG_BACKEND", raising=False)
-    seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", backend="torch", progress=False)
-    seg.input_size = 192
+    cpu = torch.device("cpu")
     for meta, backend, expected in [
         ({"input_size": 224, "min_input_size": 160}, "auto", True),
         ({"input_size": 224, "min_input_size": 160}, "onnxruntime", True),
@@ -181,26 +183,24 @@ def test_auto_times_int8_only_for_trained_sizes_on_the_cpu(monkeypatch):
         ({"input_size": 160}, "auto", False),  # 192 px is outside what the weights were trained at
         ({}, "auto", False),  # a network given in memory: int8 only when asked for
     ]:
-        seg.meta = meta
-        assert seg._int8_may_pay(backend) is expected, (meta, backend)
+        assert factory.int8_may_pay(meta, cpu, 192, backend) is expected, (meta, backend)
     monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "torch")
-    seg.meta = {"input_size": 224}
-    assert seg._int8_may_pay("auto") is False
-    seg.device = torch.device("cuda")
+    assert factory.int8_may_pay({"input_size": 224}, cpu, 224, "auto") is False
     monkeypatch.delenv("FUSIONLUNGSEG_BACKEND")
-    assert seg._int8_may_pay("auto") is False
+    assert factory.int8_may_pay({"input_size": 224}, torch.device("cuda"), 224, "auto") is False
 
 
 @needs_ort
 @pytest.mark.parametrize("torch_s, int8_s, expected", [(0.3, 0.1, "int8"), (0.1, 0.3, "fp32")])
 def test_auto_precision_takes_int8_when_it_is_faster(engine_cache, monkeypatch, torch_s, int8_s, expected):
-    monkeypatch.setattr(LungSegmenter, "_int8_may_pay", lambda self, backend: True)
+    monkeypatch.setattr(factory, "int8_may_pay", lambda *args: True)
+    monkeypatch.setattr(factory, "resolve_precision", lambda *a, **k: "fp32")  # as on a CPU without bf16 units
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="auto", input_size=64, batch_size=2, progress=False)
-    seg.precision = "fp32"  # as on a CPU without bf16 units, whatever this one has
-    assert seg.backend == "auto" and seg._onnx.precision == "int8"
-    engine, clock = seg._onnx, FakeClock()
-    engine.clock = clock
-    real_torch, real_ort = seg._torch_logits, engine.logits
+    auto, clock = seg.engine, FakeClock()
+    torch_engine, engine = auto.candidates
+    assert seg.backend == "auto" and (torch_engine.precision, engine.precision) == ("fp32", "int8")
+    auto.clock = clock
+    real_torch, real_ort = torch_engine.logits, engine.logits
 
     def timed(fn, seconds):
         def run(x):
@@ -209,8 +209,8 @@ def test_auto_precision_takes_int8_when_it_is_faster(engine_cache, monkeypatch, 
 
         return run
 
-    seg._torch_logits, engine.logits = timed(real_torch, torch_s), timed(real_ort, int8_s)
-    seg._forward(torch.rand(2, 1, 64, 64))
+    torch_engine.logits, engine.logits = timed(real_torch, torch_s), timed(real_ort, int8_s)
+    seg.engine.probabilities(torch.rand(2, 1, 64, 64))
     assert seg.precision == expected and seg.backend == ("onnxruntime" if expected == "int8" else "torch")
     (key,) = json.loads((engine_cache / "backend-verdicts.json").read_text())
     assert "torch fp32 vs onnxruntime int8" in key  # not mistaken for the fp32-against-fp32 verdict
@@ -222,16 +222,18 @@ def test_auto_runs_torch_when_the_onnx_graph_cannot_be_built(engine_cache, monke
         raise OSError("disk full")
 
     monkeypatch.setattr(OB, "quantize_graph", broken)
-    monkeypatch.setattr(LungSegmenter, "_int8_may_pay", lambda self, backend: True)
+    monkeypatch.setattr(factory, "int8_may_pay", lambda *args: True)
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="auto", input_size=64, progress=False)
     ref = LungSegmenter(model=SmallNet(), device="cpu", precision=seg.precision, backend="torch", progress=False)
     x = torch.rand(2, 1, 64, 64)
     with pytest.warns(UserWarning, match="ONNX Runtime could not be prepared.*disk full.*running in torch"):
-        out = seg._forward(x)
-    assert seg.backend == "torch" and seg._onnx is None and seg.precision in ("fp32", "bf16")
-    torch.testing.assert_close(out, ref._forward(x))
+        out = seg.engine.probabilities(x)
+    assert seg.backend == "torch" and seg.engine.chosen.runtime == "torch" and seg.precision in ("fp32", "bf16")
+    torch.testing.assert_close(out, ref.engine.probabilities(x))
     with pytest.raises(OSError, match="disk full"):  # asked for by name: the error is the user's to see
-        LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, progress=False)._forward(x)
+        LungSegmenter(
+            model=SmallNet(), device="cpu", precision="int8", input_size=64, progress=False
+        ).engine.probabilities(x)
 
 
 class FakeClock:
@@ -247,10 +249,11 @@ class FakeClock:
 def test_auto_keeps_the_faster_engine_and_remembers(engine_cache, torch_s, ort_s, expected):
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
     assert seg.backend == "auto"
-    engine, clock = seg._onnx, FakeClock()
-    engine.clock = clock
+    auto, clock = seg.engine, FakeClock()
+    torch_engine, engine = auto.candidates
+    auto.clock = clock
     calls = []
-    real_torch, real_ort = seg._torch_logits, engine.logits
+    real_torch, real_ort = torch_engine.logits, engine.logits
 
     def timed(name, fn, seconds):
         def run(x):
@@ -260,24 +263,24 @@ def test_auto_keeps_the_faster_engine_and_remembers(engine_cache, torch_s, ort_s
 
         return run
 
-    seg._torch_logits = timed("torch", real_torch, torch_s)
+    torch_engine.logits = timed("torch", real_torch, torch_s)
     engine.logits = timed("onnxruntime", real_ort, ort_s)
-    seg._forward(torch.rand(2, 1, 64, 64))
+    seg.engine.probabilities(torch.rand(2, 1, 64, 64))
     assert seg.backend == expected
-    assert engine.measured == pytest.approx({"torch": torch_s, "onnxruntime": ort_s})
+    assert auto.measured == pytest.approx({"torch": torch_s, "onnxruntime": ort_s})
     verdicts = json.loads((engine_cache / "backend-verdicts.json").read_text())
     (entry,) = verdicts.values()
     assert entry["backend"] == expected
     # A new segmenter on this machine takes the stored verdict without measuring again.
     later = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
     calls.clear()
-    later._forward(torch.rand(2, 1, 64, 64))
-    assert later.backend == expected and later._onnx.measured is None
+    later.engine.probabilities(torch.rand(2, 1, 64, 64))
+    assert later.backend == expected and later.engine.measured is None
 
 
 @needs_ort
 def test_bench_compares_engines_side_by_side(engine_cache, tmp_path):
-    from FusionLungSegLib import bench
+    from FusionLungSegLib.evaluation import bench
 
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
     result = bench.compare_backends(seg, repeats=2)
@@ -316,7 +319,7 @@ def bundled_segmenters(tmp_path_factory, configs):
 
 @pytest.fixture(scope="module")
 def torch_and_onnx(tmp_path_factory):
-    if not (OB.available() and W.BUNDLED_SHA256):
+    if not (SEL.available() and W.BUNDLED_SHA256):
         pytest.skip("needs onnxruntime and onnx, and the bundled weights")
     yield from bundled_segmenters(
         tmp_path_factory, (("fp32", "torch"), ("fp32", "onnxruntime"), ("int8", "onnxruntime"))

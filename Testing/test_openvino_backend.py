@@ -8,48 +8,50 @@ import pytest
 import torch
 from test_onnx_backend import FakeClock, SmallNet, _assert_same_masks, bundled_segmenters, c3n_lung_slices
 
-from FusionLungSegLib import hardware
-from FusionLungSegLib import onnx_backend as OB
-from FusionLungSegLib import weights as W
-from FusionLungSegLib.inference import LungSegmenter
+from FusionLungSegLib.engines import hardware
+from FusionLungSegLib.engines import onnx as OB
+from FusionLungSegLib.engines import selection as SEL
+from FusionLungSegLib.nets import weights as W
+from FusionLungSegLib.segmenter import LungSegmenter
 
 needs_ov = pytest.mark.skipif(
-    not OB.openvino_available(), reason="openvino, onnx and onnxruntime not all installed (pip install '.[openvino]')"
+    not SEL.openvino_available(), reason="openvino, onnx and onnxruntime not all installed (pip install '.[openvino]')"
 )
 
 
 def test_resolve_backend_with_openvino(monkeypatch):
     monkeypatch.delenv("FUSIONLUNGSEG_BACKEND", raising=False)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(OB, "available", lambda: True)
-    monkeypatch.setattr(OB, "openvino_available", lambda: True)
+    monkeypatch.setattr(SEL, "available", lambda: True)
+    monkeypatch.setattr(SEL, "openvino_available", lambda: True)
     monkeypatch.setattr(hardware, "cpu_info", lambda: {"bf16_matrix_units": False})
-    assert OB.engines_for(cpu, "bf16") == []  # no bf16 units: OpenVINO bf16 is no candidate
+    assert SEL.engines_for(cpu, "bf16") == []  # no bf16 units: OpenVINO bf16 is no candidate
     with pytest.raises(ValueError, match="bf16 only on CPUs with bf16 units"):
-        OB.resolve_backend("openvino", cpu, "bf16")
+        SEL.resolve_backend("openvino", cpu, "bf16")
     monkeypatch.setattr(hardware, "cpu_info", lambda: {"bf16_matrix_units": True})
-    assert OB.engines_for(cpu, "fp32") == ["onnxruntime", "openvino"]
-    assert OB.engines_for(cpu, "bf16") == ["openvino"] and OB.engines_for(cuda, "fp32") == []
-    assert OB.resolve_backend("openvino", cpu, "bf16") == "openvino"
-    assert OB.resolve_backend("auto", cpu, "bf16") == "auto"  # torch bf16 against OpenVINO bf16
-    assert OB.resolve_backend("auto", cpu, "int8") == "auto"  # ONNX Runtime against OpenVINO
-    assert OB.resolve_backend("onnxruntime", cpu, "int8") == "onnxruntime"
-    assert OB.resolve_backend("auto", cuda, "bf16") == "torch"
+    assert SEL.engines_for(cpu, "fp32") == ["onnxruntime", "openvino"]
+    assert SEL.engines_for(cpu, "bf16") == ["openvino"] and SEL.engines_for(cuda, "fp32") == []
+    assert SEL.resolve_backend("openvino", cpu, "bf16") == "openvino"
+    assert SEL.resolve_backend("auto", cpu, "bf16") == "auto"  # torch bf16 against OpenVINO bf16
+    assert SEL.resolve_backend("auto", cpu, "int8") == "auto"  # ONNX Runtime against OpenVINO
+    assert SEL.resolve_backend("onnxruntime", cpu, "int8") == "onnxruntime"
+    assert SEL.resolve_backend("auto", cuda, "bf16") == "torch"
     with pytest.raises(ValueError, match="backend openvino: it runs on the CPU only"):
-        OB.resolve_backend("openvino", cuda, "fp32")
+        SEL.resolve_backend("openvino", cuda, "fp32")
     monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "openvino")
-    assert OB.resolve_backend("auto", cpu, "int8") == "openvino"  # the variable pins the engine
+    assert SEL.resolve_backend("auto", cpu, "int8") == "openvino"  # the variable pins the engine
     monkeypatch.setenv("FUSIONLUNGSEG_BACKEND", "torch")
-    assert OB.resolve_backend("auto", cpu, "int8") == "auto"  # int8 asked for by name: the torch pin yields
+    assert SEL.resolve_backend("auto", cpu, "int8") == "auto"  # int8 asked for by name: the torch pin yields
     monkeypatch.delenv("FUSIONLUNGSEG_BACKEND")
-    monkeypatch.setattr(OB, "openvino_available", lambda: False)
+    monkeypatch.setattr(SEL, "openvino_available", lambda: False)
     assert (
-        OB.resolve_backend("auto", cpu, "bf16") == "torch" and OB.resolve_backend("auto", cpu, "int8") == "onnxruntime"
+        SEL.resolve_backend("auto", cpu, "bf16") == "torch"
+        and SEL.resolve_backend("auto", cpu, "int8") == "onnxruntime"
     )
     with pytest.raises(
         ValueError, match=r"pip install 'fusionlungseg\[openvino\]'.*pip_install\('onnx onnxruntime openvino'\)"
     ):
-        OB.resolve_backend("openvino", cpu, "fp32")
+        SEL.resolve_backend("openvino", cpu, "fp32")
     with pytest.raises(ValueError, match=r"backend openvino: .*fusionlungseg\[openvino\]"):
         LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", backend="openvino", progress=False)
 
@@ -68,9 +70,9 @@ def test_openvino_runs_the_cached_graphs_close_to_torch(engine_cache, monkeypatc
     ov = LungSegmenter(
         model=SmallNet(), device="cpu", precision=precision, input_size=64, backend="openvino", progress=False
     )
-    assert (ov.backend, ov.precision, type(ov._onnx).__name__) == ("openvino", precision, "OpenVinoEngine")
+    assert (ov.backend, ov.precision, type(ov.engine).__name__) == ("openvino", precision, "OpenVinoEngine")
     x = ov.calibration_inputs()
-    p_ref, p_ov = ref._forward(x), ov._forward(x)
+    p_ref, p_ov = ref.engine.probabilities(x), ov.engine.probabilities(x)
     assert p_ov.shape == p_ref.shape and float((p_ref - p_ov).abs().max()) < tolerance
     assert float(((p_ref > 0.5) != (p_ov > 0.5)).float().mean()) < 0.01
     # ONNX Runtime finds the graph OpenVINO ran: one export (and one int8 copy), whichever engine came first
@@ -82,7 +84,7 @@ def test_openvino_runs_the_cached_graphs_close_to_torch(engine_cache, monkeypatc
         backend="onnxruntime",
         progress=False,
     )
-    ort._forward(x)
+    ort.engine.probabilities(x)
     assert len(list(engine_cache.glob("*.onnx"))) == (2 if precision == "int8" else 1) and len(built) == (
         precision == "int8"
     )
@@ -94,9 +96,9 @@ def test_openvino_runs_the_cached_graphs_close_to_torch(engine_cache, monkeypatc
 @pytest.mark.parametrize("fastest", ["torch", "onnxruntime", "openvino"])
 def test_auto_times_all_three_engines_and_remembers(engine_cache, fastest):
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
-    assert seg.backend == "auto" and [e.runtime for e in seg._engines] == ["onnxruntime", "openvino"]
-    clock = FakeClock()
-    seg._onnx.clock = clock
+    auto, clock = seg.engine, FakeClock()
+    assert seg.backend == "auto" and [e.runtime for e in auto.candidates] == ["torch", "onnxruntime", "openvino"]
+    auto.clock = clock
     seconds = {"torch": 0.3, "onnxruntime": 0.3, "openvino": 0.3, fastest: 0.1}
 
     def timed(name, fn):
@@ -106,39 +108,38 @@ def test_auto_times_all_three_engines_and_remembers(engine_cache, fastest):
 
         return run
 
-    seg._torch_logits = timed("torch", seg._torch_logits)
-    for engine in seg._engines:
+    for engine in auto.candidates:
         engine.logits = timed(engine.runtime, engine.logits)
-    seg._forward(torch.rand(2, 1, 64, 64))
-    assert seg.backend == fastest
-    assert seg._engines[1].measured == pytest.approx(seconds)
-    assert all((e._session is None) == (e.runtime != fastest) for e in seg._engines)  # the others freed
-    if fastest != "torch":
-        assert seg._onnx.runtime == fastest
+    seg.engine.probabilities(torch.rand(2, 1, 64, 64))
+    assert seg.backend == fastest and auto.chosen.runtime == fastest
+    assert auto.measured == pytest.approx(seconds)
+    graphs = [e for e in auto.candidates if e.runtime != "torch"]
+    assert all((e._session is None) == (e.runtime != fastest) for e in graphs)  # the others freed
     (key,) = json.loads((engine_cache / "backend-verdicts.json").read_text())
     assert "torch fp32 vs onnxruntime fp32 vs openvino fp32" in key and "openvino 20" in key
     later = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
-    later._forward(torch.rand(2, 1, 64, 64))
-    assert later.backend == fastest and later._engines[0].measured is None  # the stored verdict
+    later.engine.probabilities(torch.rand(2, 1, 64, 64))
+    assert later.backend == fastest and later.engine.measured is None  # the stored verdict
 
 
 @needs_ov
 def test_int8_by_name_chooses_between_the_two_int8_engines_without_torch(engine_cache):
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="int8", input_size=64, batch_size=2, progress=False)
-    assert seg.backend == "auto" and [e.precision for e in seg._engines] == ["int8", "int8"]
-    seg._torch_logits = None  # must not be called
-    out = seg._forward(torch.rand(2, 1, 64, 64))
+    candidates = seg.engine.candidates
+    assert seg.backend == "auto" and [(e.runtime, e.precision) for e in candidates] == [
+        ("onnxruntime", "int8"),
+        ("openvino", "int8"),
+    ]  # torch cannot run int8: no candidate
+    out = seg.engine.probabilities(torch.rand(2, 1, 64, 64))
     assert seg.backend in ("onnxruntime", "openvino") and seg.precision == "int8" and out.shape == (2, 1, 64, 64)
-    assert set(seg._onnx.measured) == {"onnxruntime", "openvino"}
+    assert set(seg.engine.measured) == {"onnxruntime", "openvino"}
 
 
 @needs_ov
 def test_bench_compares_openvino_beside_the_others(engine_cache):
-    from FusionLungSegLib import bench
+    from FusionLungSegLib.evaluation import bench
 
     seg = LungSegmenter(model=SmallNet(), device="cpu", precision="fp32", input_size=64, batch_size=2, progress=False)
-    seg._engines = [e for e in seg._engines if e.runtime == "onnxruntime"]  # the fp32 ONNX Runtime engine
-    seg._onnx = seg._engines[0]
     result = bench.compare_backends(seg, repeats=1)
     names = ["openvino", "openvino_int8"] + (["openvino_bf16"] if hardware.cpu_info()["bf16_matrix_units"] else [])
     for name in names:
@@ -168,7 +169,7 @@ _SUMMARY = {
 # ---------------------------------------------------------------- masks with the bundled weights
 @pytest.fixture(scope="module")
 def torch_and_openvino(tmp_path_factory):
-    if not (OB.openvino_available() and W.BUNDLED_SHA256):
+    if not (SEL.openvino_available() and W.BUNDLED_SHA256):
         pytest.skip("needs openvino, onnx and onnxruntime, and the bundled weights")
     configs = (("fp32", "torch"), ("fp32", "openvino"), ("bf16", "openvino"), ("int8", "openvino"))
     bf16_units = hardware.cpu_info()["bf16_matrix_units"]  # OpenVINO bf16 needs them

@@ -11,11 +11,11 @@ import SimpleITK as sitk
 from conftest import DATA, SAMPLE_DICOM, ThresholdNet, make_phantom, require, rotation
 
 from FusionLungSegLib import __version__
-from FusionLungSegLib import weights as W
 from FusionLungSegLib.cli import main
+from FusionLungSegLib.core.terminology import LUNG_COLOUR, LUNG_SEGMENTS, SEGMENTS
 from FusionLungSegLib.io import dicom_series_files, read_image, write_image
-from FusionLungSegLib.outputs import ijk_to_lps, write_dicom_seg, write_seg_nrrd
-from FusionLungSegLib.terminology import LUNG_COLOUR, LUNG_SEGMENTS, SEGMENTS
+from FusionLungSegLib.io.outputs import ijk_to_lps, write_dicom_seg, write_seg_nrrd
+from FusionLungSegLib.nets import weights as W
 
 slicerio = pytest.importorskip("slicerio", reason="slicerio not installed (pip install slicerio)")
 hd = pytest.importorskip("highdicom", reason="highdicom not installed (pip install highdicom)")
@@ -78,7 +78,7 @@ def test_seg_nrrd_loads_in_slicer_as_a_segmentation(tmp_path):
     import vtk
     from vtk.util import numpy_support
 
-    from FusionLungSegLib.geometry import voxel_centres_lps
+    from FusionLungSegLib.core.geometry import voxel_centres_lps
     from FusionLungSegLib.mrml import HeadlessSlicer
 
     image, _ = make_phantom(rotation([0.2, 1, 0.1], 25))
@@ -107,7 +107,9 @@ def test_seg_nrrd_loads_in_slicer_as_a_segmentation(tmp_path):
         ijk = kji[:, ::-1] + [extent[0], extent[2], extent[4]]
         m = vtk.vtkMatrix4x4()
         rep.GetImageToWorldMatrix(m)
-        mat = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+        import slicer.util
+
+        mat = slicer.util.arrayFromVTKMatrix(m)
         lps = (mat @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3] * [-1, -1, 1]
         expected = voxel_centres_lps(labels, np.argwhere(arr == value))
         key = lambda p: set(map(tuple, np.round(p, 2)))  # noqa: E731
@@ -289,7 +291,7 @@ def test_dicom_seg_refuses_labels_of_another_grid(tmp_path):
 
 def test_threshold_segmenter_labels_round_trip_through_both_formats(tmp_path):
     """Labels from the real pipeline (stand-in network) on real CT slices, through both files."""
-    from FusionLungSegLib.inference import LungSegmenter
+    from FusionLungSegLib.segmenter import LungSegmenter
 
     ct = read_image(SAMPLE_DICOM)
     labels = LungSegmenter(model=ThresholdNet(), device="cpu", input_size=64, progress=False).segment(ct)

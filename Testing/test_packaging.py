@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from FusionLungSegLib import weights as W
+from FusionLungSegLib.nets import weights as W
 
 pytestmark = pytest.mark.skipif(not W.BUNDLED_SHA256, reason="no trained weights are bundled yet")
 
@@ -133,7 +133,7 @@ def test_fresh_venv_segments_the_sample_from_another_folder(fresh_venv, tmp_path
     probe = (
         "import json, sys, FusionLungSegLib\n"
         "from FusionLungSegLib.resources import resources_dir, sample_ct_path\n"
-        "from FusionLungSegLib.weights import bundled_weights_path\n"
+        "from FusionLungSegLib.nets.weights import bundled_weights_path\n"
         "print(json.dumps({'module': FusionLungSegLib.__file__, 'resources': str(resources_dir()),\n"
         "    'weights': str(bundled_weights_path()), 'sample': str(sample_ct_path()), 'path': sys.path}))\n"
     )
@@ -212,7 +212,7 @@ def test_editable_install_finds_the_checkout_resources(checkout_copy, tmp_path):
     (site / "zz_borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     probe = (
         "import FusionLungSegLib\n"
-        "from FusionLungSegLib.weights import bundled_weights_path\n"
+        "from FusionLungSegLib.nets.weights import bundled_weights_path\n"
         "print(FusionLungSegLib.__file__); print(bundled_weights_path())\n"
     )
     r = _run([_bin(venv, "python"), "-c", probe], cwd=tmp_path)

@@ -6,8 +6,8 @@ import numpy as np
 from phantoms import chest
 from scipy import ndimage
 
-from FusionLungSegLib.body import fill_holes_axial
-from FusionLungSegLib.postprocess import (
+from FusionLungSegLib.core.masks import fill_holes_axial
+from FusionLungSegLib.core.postprocess import (
     LEFT_LUNG,
     RIGHT_LUNG,
     clean_lung_mask,
@@ -171,8 +171,8 @@ def test_thin_aerated_crescent_the_network_missed_is_grown_into_but_not_stomach_
 
 
 def test_growth_stops_at_tissue_and_outside_the_body():
-    from FusionLungSegLib.body import body_mask
-    from FusionLungSegLib.postprocess import grow_into_aerated_lung
+    from FusionLungSegLib.core.body import body_mask
+    from FusionLungSegLib.core.postprocess import grow_into_aerated_lung
 
     p = chest(cushion=True)
     lungs = p.parts["lung_right"] | p.parts["lung_left"]

@@ -16,9 +16,9 @@ import torch
 from conftest import DATA, SAMPLE_DICOM, require
 from torch import nn
 
-from FusionLungSegLib import hardware
-from FusionLungSegLib import weights as W
-from FusionLungSegLib.inference import LungSegmenter
+from FusionLungSegLib.engines import hardware
+from FusionLungSegLib.nets import weights as W
+from FusionLungSegLib.segmenter import LungSegmenter
 
 #: C3N-00247 (99 slices of 3 mm) holds lung on slices 2-91; three of them, apex to base.
 C3N = "dev/C3N-00247_chest_ct.nii.gz"
@@ -51,7 +51,7 @@ def test_precision_sets_the_forward_pass_dtype_and_probabilities_stay_fp32(preci
     probe = DtypeProbe()
     seg = _segmenter(precision, model=probe, input_size=32)
     assert seg.precision == seg.precision_requested == precision
-    prob = seg._forward_with_retry(torch.rand(2, 1, 32, 32))
+    prob = seg.engine.probabilities(torch.rand(2, 1, 32, 32))
     assert probe.seen == [dtype]
     assert prob.dtype == torch.float32 and prob.shape == (2, 1, 32, 32)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from FusionLungSegLib.preprocess import SliceFrame, enhance_slice, from_network, to_network, window_hu
+from FusionLungSegLib.nets.preprocess import SliceFrame, enhance_slice, from_network, to_network, window_hu
 
 
 def test_window_maps_hu_to_unit_range_and_cleans_nan():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from phantoms import chest
 
-from FusionLungSegLib.body import body_mask
-from FusionLungSegLib.postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess_with_report
-from FusionLungSegLib.qc import quality_check
+from FusionLungSegLib.core.body import body_mask
+from FusionLungSegLib.core.postprocess import LEFT_LUNG, RIGHT_LUNG, postprocess_with_report
+from FusionLungSegLib.core.qc import quality_check
 
 
 def _labels(p) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import REPO
 
-from FusionLungSegLib import weights as W
+from FusionLungSegLib.nets import weights as W
 from FusionLungSegLib.resources import PACKAGE_DIR, resource_path, resources_dir, sample_ct_path
 
 

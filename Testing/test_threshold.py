@@ -10,9 +10,9 @@ from conftest import SAMPLE_DICOM
 from phantoms import chest
 
 from FusionLungSegLib.cli import main
-from FusionLungSegLib.metrics import dice
-from FusionLungSegLib.postprocess import LEFT_LUNG, RIGHT_LUNG
-from FusionLungSegLib.threshold import HUThresholdSegmenter
+from FusionLungSegLib.core.metrics import dice
+from FusionLungSegLib.core.postprocess import LEFT_LUNG, RIGHT_LUNG
+from FusionLungSegLib.segmenter import HUThresholdSegmenter
 
 
 def _image(p) -> sitk.Image:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import DATA, require, tiny_train_config
 
-from FusionLungSegLib.train import TrainConfig, export_weights, train
-from FusionLungSegLib.weights import load_weights
+from FusionLungSegLib.nets.weights import load_weights
+from FusionLungSegLib.training.train import TrainConfig, export_weights, train
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +101,15 @@ def test_resume_gives_bit_for_bit_the_same_weights_as_an_uninterrupted_run(tmp_p
 
 
 def test_default_run_folder_is_outside_the_work_tree(monkeypatch, tmp_path):
-    from FusionLungSegLib.train import default_run_dir
+    from FusionLungSegLib.training.train import default_run_dir
 
+    monkeypatch.delenv("FUSIONLUNGSEG_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_run_dir() == tmp_path / "fusionlungseg" / "runs" / "fusionlungnet"
 
 
 def test_lung_free_slices_join_every_batch_with_an_empty_target(tmp_path):
-    from FusionLungSegLib.data import load_lung_free_slices
+    from FusionLungSegLib.training.data import load_lung_free_slices
 
     require(DATA / "dev" / "C3N-00247_chest_ct.nii.gz")
     free = load_lung_free_slices(DATA, "train")
@@ -119,7 +120,7 @@ def test_lung_free_slices_join_every_batch_with_an_empty_target(tmp_path):
         "LungPETCTDx_A0001_CT_5mm_kernelB",
         "C3N-00247_chest_ct",
     }
-    from FusionLungSegLib.data import load_hu_labelled_slices
+    from FusionLungSegLib.training.data import load_hu_labelled_slices
 
     bases = load_hu_labelled_slices(DATA)  # lung bases with HU-derived masks: thin crescents beside the liver
     holds_lung = bases.masks.any(axis=(1, 2))
@@ -140,8 +141,8 @@ def test_lung_free_slices_join_every_batch_with_an_empty_target(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_one_step_lowers_the_loss_on_a_tiny_batch(precision):
     """bf16 autocast with fp32 master weights and fp32 loss trains like fp32 (on any CPU; slow without AMX)."""
-    from FusionLungSegLib.losses import DeepSupervisionLoss, HybridLoss
-    from FusionLungSegLib.model import FusionLungNet
+    from FusionLungSegLib.nets.fusionlungnet import FusionLungNet
+    from FusionLungSegLib.training.losses import DeepSupervisionLoss, HybridLoss
 
     torch.manual_seed(0)
     model = FusionLungNet()
@@ -166,12 +167,12 @@ def test_one_step_lowers_the_loss_on_a_tiny_batch(precision):
 
 def test_precision_and_cpu_are_logged_and_recorded(run):
     cfg, result = run
-    from FusionLungSegLib.hardware import resolve_precision
+    from FusionLungSegLib.engines.hardware import resolve_precision
 
     used = resolve_precision("auto", torch.device("cpu"), warn=False)  # bf16 on CPUs with bf16 units, else fp32
     state = torch.load(result["last"], weights_only=True)
     assert state["machine"]["precision"] == used and state["machine"]["cpu"]
-    from FusionLungSegLib.encoders import use_torchvision
+    from FusionLungSegLib.nets.encoders import use_torchvision
 
     assert state["machine"]["resnet_trunk"].startswith("torchvision" if use_torchvision() else "built-in")
     assert result["history"][-1]["precision"] == used

@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 
-from FusionLungSegLib import weights as W
-from FusionLungSegLib.inference import LungSegmenter
-from FusionLungSegLib.weights import WeightsError, load_weights, sha256_of
+from FusionLungSegLib.nets import weights as W
+from FusionLungSegLib.nets.weights import WeightsError, load_weights, sha256_of
+from FusionLungSegLib.segmenter import LungSegmenter
 
 
 def test_bundled_weights_match_their_recorded_sha256_or_absence_is_explained():
@@ -77,7 +77,7 @@ def test_an_input_size_the_weights_were_not_trained_at_gives_a_warning(random_we
 
 
 def test_default_batch_size_shrinks_with_input_size_on_cpu():
-    from FusionLungSegLib.inference import default_batch_size
+    from FusionLungSegLib.segmenter import default_batch_size
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [default_batch_size(cpu, s) for s in (64, 160, 224, 320, 512)] == [8, 4, 2, 1, 1]

@@ -1,0 +1,48 @@
+"""HU-threshold baseline: a :class:`~FusionLungSegLib.core.pipeline.Predictor` that calls "air inside the
+body" lung, in place of the network.
+
+A reference point for the network (issue 13): if a threshold scores as well, the network buys nothing.
+Everything else (reorientation, skipped slices, 3D post-processing with the body rules and lung selection,
+the growth into aerated lung, right/left split, QC) is the same pipeline, so a comparison isolates the
+network.  :class:`~FusionLungSegLib.segmenter.HUThresholdSegmenter` is its front door.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.body import body_mask
+from ..core.pipeline import CancelFn, ProgressFn, SegmentationCancelled
+
+__all__ = ["HUThresholdPredictor", "DEFAULT_THRESHOLD_HU"]
+
+#: Lung parenchyma is about -850 HU, soft tissue above -100: -320 HU is the usual cut between them.
+DEFAULT_THRESHOLD_HU = -320.0
+
+
+class HUThresholdPredictor:
+    """Lung candidates = voxels below ``threshold_hu`` (HU) inside the patient's body mask."""
+
+    def __init__(self, threshold_hu: float = DEFAULT_THRESHOLD_HU):
+        self.threshold_hu = float(threshold_hu)
+
+    def predict_canonical(
+        self,
+        hu: np.ndarray,
+        spacing_yx: tuple[float, float] | None,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+        body: np.ndarray | None = None,
+        only: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Candidate mask (Z, H, W) bool: HU below the threshold inside the body (``only``: those slices)."""
+        if cancel is not None and cancel():
+            raise SegmentationCancelled("cancelled before thresholding")
+        if body is None:
+            body = body_mask(hu, None if spacing_yx is None else (1.0, *spacing_yx))
+        mask = (np.asarray(hu) < self.threshold_hu) & body
+        if only is not None:
+            mask[~np.asarray(only, dtype=bool)] = False
+        if progress is not None:
+            progress(1.0, f"thresholded {hu.shape[0]} slices")
+        return mask

@@ -1,0 +1,1 @@
+"""Training: slice data sets, augmentation, losses, the training loop and its curves."""
