@@ -23,7 +23,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from FusionLungSegLib.core.states import CANCELLING, DONE, FAILED, IDLE, RUNNING
+from FusionLungSegLib.core.tasks import CANCELLING, DONE, FAILED, IDLE, RUNNING
 from FusionLungSegLib.engines.hardware import ALL_PRECISIONS
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

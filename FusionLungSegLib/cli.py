@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fusionlungseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_segment_parser, _train_parser, _inspect_parser, _export_parser, _evaluate_parser, _bench_parser):
+        add(sub)
+    return parser
 
+
+def _segment_parser(sub) -> None:
     s = sub.add_parser(
         "segment",
         help="segment the lungs in a CT file or DICOM folder",
@@ -54,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--json", help="also write the report (volumes, QC verdict) to this JSON file")
 
+
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train FusionLungNet (or a baseline, --arch) on 2D CT slices with lung masks")
     from .training.config import TrainConfig
 
@@ -61,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export", help="after training, write the compact fp16 weights file here")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _inspect_parser(sub) -> None:
     i = sub.add_parser(
         "inspect",
         help="lung mL per range of slices and an axial strip picture, to check a whole volume at a glance",
@@ -74,10 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--every", type=int, help="show every k-th slice (default: at most 48 slices)")
     i.add_argument("--png", help="strip picture to write (default: LABELS stem + _strip.png)")
 
+
+def _export_parser(sub) -> None:
     e = sub.add_parser("export", help="write a compact fp16 inference file from a training checkpoint")
     e.add_argument("checkpoint", help="best.pt or last.pt from train")
     e.add_argument("output", help="weights file to write (.pt)")
 
+
+def _evaluate_parser(sub) -> None:
     v = sub.add_parser(
         "evaluate",
         help="metrics: label maps against references, or the model on the 2D validation slices",
@@ -97,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--limit", type=int, help="with --slices: only the first N slices (quick checks)")
     v.add_argument("--json", help="write per-case rows and summary here")
 
+
+def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="time the pipeline and the network; prints and writes JSON")
     add_arguments(b, SegmentOptions, skip=("method", "fast", "skip_slices"))
     b.add_argument("--slices", type=int, default=300, help="slices in the synthetic 512x512 volume")
@@ -114,7 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
         "sample's slices (CPU, --precision fp32)",
     )
     b.add_argument("--json", help="write the figures here")
-    return parser
 
 
 def _cmd_segment(args) -> int:
@@ -280,7 +294,7 @@ def _show_engine_notices() -> None:
     choice) on stderr, so a first run's pause is explained; stdout keeps only the JSON."""
     import logging
 
-    log = logging.getLogger("FusionLungSegLib.onnx_backend")
+    log = logging.getLogger("FusionLungSegLib.engines")  # export, quantization and the auto choice
     if not any(getattr(h, "_fusionlungseg", False) for h in log.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

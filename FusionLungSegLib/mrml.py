@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import slicer
 
-from .core.states import CANCELLING, DONE, FAILED, IDLE, RUNNING
+from .core.tasks import CANCELLING, DONE, FAILED, IDLE, RUNNING, BackgroundTask
 from .core.terminology import SEGMENTS
 from .options import SegmentOptions
 from .segmenter import (
@@ -43,6 +43,11 @@ __all__ = [
     "SegmentationRequest",
     "SegmentationComputed",
     "SegmentationTask",
+    "IDLE",
+    "RUNNING",
+    "CANCELLING",
+    "DONE",
+    "FAILED",
     "SEGMENTS",
     "volume_node_to_sitk",
     "sitk_to_volume_node",
@@ -454,88 +459,23 @@ class LungSegmentationLogic:
         segmentation_node.CreateClosedSurfaceRepresentation()
 
 
-#: Processing states of a :class:`SegmentationTask` (and of the panel that shows it).
+class SegmentationTask(BackgroundTask):
+    """:meth:`LungSegmentationLogic.compute` in a worker thread; the main thread polls, then :meth:`finish`
+    writes the segments (see :class:`~FusionLungSegLib.core.tasks.BackgroundTask`: states, cancel, errors).
 
-
-class SegmentationTask:
-    """Runs :meth:`LungSegmentationLogic.compute` in a worker thread; the main thread polls and applies.
-
-    No Qt here: a GUI polls :attr:`fraction`, :attr:`message` and :attr:`finished`
-    (e.g. from a timer), may call :meth:`cancel` at any time, and calls
-    :meth:`finish` on the main thread once :attr:`finished` is True; that writes
-    the segments (or raises the worker's error, or :class:`SegmentationCancelled`
-    with the scene unchanged).  States: idle -> running [-> cancelling] -> done, failed,
-    or idle again after a cancelled run.
+    No Qt here: a GUI polls :attr:`fraction`, :attr:`message` and :attr:`finished` (e.g. from a timer).
     """
 
     def __init__(self, logic: LungSegmentationLogic, request: SegmentationRequest):
+        super().__init__(
+            lambda progress, cancel: logic.compute(request, progress=progress, cancel=cancel),
+            logic.apply,
+            name="FusionLungSeg compute",
+        )
         self.logic, self.request = logic, request
-        self.state = IDLE
-        self.fraction, self.message = 0.0, ""
-        self.computed: SegmentationComputed | None = None
-        self.error: BaseException | None = None
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> SegmentationTask:
-        if self._thread is not None:
-            raise RuntimeError("this task was already started")
-        self.state, self.message = RUNNING, "starting"
-        self._thread = threading.Thread(target=self._work, name="FusionLungSeg compute", daemon=True)
-        self._thread.start()
-        return self
-
-    def _progress(self, fraction: float, message: str) -> None:  # worker thread: plain attributes only
-        self.fraction, self.message = float(fraction), message
-
-    def _work(self) -> None:
-        try:
-            self.computed = self.logic.compute(self.request, progress=self._progress, cancel=self._cancel.is_set)
-        except BaseException as exc:  # handed to the main thread by finish()
-            self.error = exc
-
-    @property
-    def cancel_requested(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        """Ask the worker to stop before its next batch (thread-safe; returns at once)."""
-        self._cancel.set()
-        if self.state == RUNNING:
-            self.state = CANCELLING
-
-    @property
-    def finished(self) -> bool:
-        """True once the worker has returned (then call :meth:`finish`)."""
-        return self._thread is not None and not self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the worker returns (or ``timeout`` seconds); True when it has."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.finished
-
-    def finish(self):
-        """Main thread, after :attr:`finished`: apply the result; returns the segmentation node."""
-        if not self.finished:
-            raise RuntimeError("the computation has not finished (poll .finished or call wait())")
-        try:
-            if isinstance(self.error, SegmentationCancelled):
-                raise self.error
-            if self._cancel.is_set():  # asked after the last batch: still nothing is written
-                raise SegmentationCancelled("cancelled before writing the segmentation")
-            if self.error is not None:
-                raise self.error
-            node = self.logic.apply(self.computed)
-        except SegmentationCancelled:
-            self.state, self.message = IDLE, "cancelled; the scene was not changed"
-            raise
-        except BaseException as exc:
-            self.state, self.message = FAILED, f"{type(exc).__name__}: {exc}"
-            raise
-        self.state, self.fraction = DONE, 1.0
-        self.message = f"done in {self.logic.last_seconds:.1f} s"
-        return node
+    def done_message(self) -> str:
+        return f"done in {self.logic.last_seconds:.1f} s"
 
 
 def _labelmap_volume_ml(image, label_value: int) -> float:

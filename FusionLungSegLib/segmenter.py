@@ -16,6 +16,7 @@ from torch import nn
 from .core.labels import LEFT_LUNG, RIGHT_LUNG
 from .core.pipeline import (
     CancelFn,
+    CanonicalSlices,
     PipelineOptions,
     Predictor,
     ProgressFn,
@@ -69,9 +70,10 @@ class _Segmenter:
         body: np.ndarray | None = None,
         only: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Lung mask (Z, H, W) bool for canonical HU slices: the predictor alone, without post-processing
-        (see :class:`~FusionLungSegLib.core.pipeline.Predictor`)."""
-        return self.predictor.predict_canonical(hu, spacing_yx, progress, cancel, body=body, only=only)
+        """Lung mask (Z, H, W) bool for canonical HU slices (Z, H, W): the predictor alone, without
+        post-processing (see :class:`~FusionLungSegLib.core.pipeline.Predictor`).  ``spacing_yx`` in mm
+        (None: unknown); ``body``: the canonical body mask (computed when needed); ``only``: bool per slice."""
+        return self.predictor.predict(CanonicalSlices(hu, spacing_yx, body, only), progress, cancel)
 
     def run(self, image, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> SegmentationResult:
         """Segment a 3D CT (HU) ``SimpleITK.Image``: labels on the same grid, lung volumes and a QC verdict.
@@ -163,68 +165,33 @@ class LungSegmenter(_Segmenter):
         )
         super().__init__(predictor, skip_slices)
 
-    # What the predictor and its engine say (read-only views; the predictor holds them).
-    @property
-    def device(self):
-        """The torch device the network runs on now (CUDA may fall back to the CPU when out of memory)."""
-        return self.predictor.device
+    #: Read-only views of what the predictor holds (see :class:`~FusionLungSegLib.engines.network.NetworkPredictor`):
+    #: ``device`` (the torch device the network runs on now; CUDA may fall back to the CPU when out of memory),
+    #: ``precision`` ("fp32", "bf16" or "int8" as used; under ``auto`` it may turn to "int8" once the first
+    #: batch has been timed), ``precision_requested``, ``backend`` ("torch", "onnxruntime" or "openvino";
+    #: "auto" until the first batch), ``engine``, ``model``, ``meta`` (the weights' metadata), ``input_size``,
+    #: ``batch_size``, ``hu_window``, ``body_crop``, ``threshold``, ``enhance`` and ``progress``.
+    VIEWS = (
+        "device",
+        "precision",
+        "precision_requested",
+        "backend",
+        "engine",
+        "model",
+        "meta",
+        "input_size",
+        "batch_size",
+        "hu_window",
+        "body_crop",
+        "threshold",
+        "enhance",
+        "progress",
+    )
 
-    @property
-    def precision(self) -> str:
-        """ "fp32", "bf16" or "int8" as used; under ``auto`` on the CPU it may turn to "int8" after the
-        first batch has been timed."""
-        return self.predictor.precision
-
-    @property
-    def precision_requested(self) -> str:
-        return self.predictor.precision_requested
-
-    @property
-    def backend(self) -> str:
-        """ "torch", "onnxruntime" or "openvino"; "auto" until the first batch has been timed."""
-        return self.predictor.backend
-
-    @property
-    def engine(self):
-        """What runs the network (:class:`~FusionLungSegLib.engines.network.Engine`)."""
-        return self.predictor.engine
-
-    @property
-    def model(self) -> nn.Module:
-        return self.predictor.model
-
-    @property
-    def meta(self) -> dict:
-        """The weights' metadata (empty for a network given in memory)."""
-        return self.predictor.meta
-
-    @property
-    def input_size(self) -> int:
-        return self.predictor.input_size
-
-    @property
-    def batch_size(self) -> int:
-        return self.predictor.batch_size
-
-    @property
-    def hu_window(self) -> tuple[float, float]:
-        return self.predictor.hu_window
-
-    @property
-    def body_crop(self) -> dict | None:
-        return self.predictor.body_crop
-
-    @property
-    def threshold(self) -> float:
-        return self.predictor.threshold
-
-    @property
-    def enhance(self) -> bool:
-        return self.predictor.enhance
-
-    @property
-    def progress(self) -> bool:
-        return self.predictor.progress
+    def __getattr__(self, name: str):
+        if name in LungSegmenter.VIEWS and "predictor" in self.__dict__:
+            return getattr(self.predictor, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def calibration_inputs(self):
         """The bundled sample CT's slices as this segmenter's network inputs (N, 1, S, S)."""

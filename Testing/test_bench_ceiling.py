@@ -2,7 +2,7 @@
 
 import pytest
 
-from FusionLungSegLib.evaluation.bench import network_gflop_per_slice, speed_ceiling
+from FusionLungSegLib.evaluation.ceiling import network_gflop_per_slice, speed_ceiling
 from FusionLungSegLib.nets.registry import build_model
 
 RUN = {

@@ -16,7 +16,8 @@ from FusionLungSegLib.core.labels import LEFT_LUNG, RIGHT_LUNG
 from FusionLungSegLib.core.postprocess import postprocess_with_report
 from FusionLungSegLib.core.qc import quality_check
 from FusionLungSegLib.core.sides import SIDES_LATERAL, SIDES_UNDECIDED
-from FusionLungSegLib.training.data import SliceSet, fov_cut_variants
+from FusionLungSegLib.training.data import SliceSet
+from FusionLungSegLib.training.fov import fov_cut_variants
 
 
 def _crop(p, y0=None, y1=None, x0=None, x1=None, mirror=False):

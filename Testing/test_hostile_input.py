@@ -160,6 +160,7 @@ def test_out_of_memory_halves_the_batch_and_completes():
 
 
 def test_the_predictor_sends_no_batch_larger_than_the_engine_found_to_fit():
+    from FusionLungSegLib.core.pipeline import CanonicalSlices
     from FusionLungSegLib.engines.network import NetworkPredictor
 
     class Engine:  # as a torch engine after an out-of-memory retry halved 8 to 2
@@ -175,7 +176,7 @@ def test_the_predictor_sends_no_batch_larger_than_the_engine_found_to_fit():
     engine = Engine()
     predictor = NetworkPredictor(engine, input_size=64, hu_window=(-1000, 400), body_crop=None, batch_size=8)
     predictor.progress = False
-    mask = predictor.predict_canonical(np.full((7, 64, 64), -1000, np.int16), (1.0, 1.0))
+    mask = predictor.predict(CanonicalSlices(np.full((7, 64, 64), -1000, np.int16), (1.0, 1.0)))
     assert mask.shape == (7, 64, 64) and not mask.any() and engine.sizes == [2, 2, 2, 1]
 
 

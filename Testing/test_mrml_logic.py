@@ -153,10 +153,10 @@ def test_real_ct_slices_from_the_sample(session, scene, logic, random_weights):
 
 def test_console_int8_on_the_sample_matches_fp32(scene, logic):
     """The console call with precision int8 (ONNX Runtime), the bundled model: labels as fp32's."""
-    from FusionLungSegLib.engines import onnx as onnx_backend
+    from FusionLungSegLib.engines import selection
     from FusionLungSegLib.nets.weights import BUNDLED_SHA256
 
-    if not (onnx_backend.available() and BUNDLED_SHA256):
+    if not (selection.available() and BUNDLED_SHA256):
         pytest.skip("needs onnxruntime and onnx (pip install '.[onnx]') and the bundled weights")
     image = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(SAMPLE_DICOM)))
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "sample")

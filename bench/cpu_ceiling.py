@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from FusionLungSegLib.engines.hardware import cpu_info
-from FusionLungSegLib.evaluation.bench import network_gflop_per_slice, speed_ceiling
+from FusionLungSegLib.evaluation.ceiling import network_gflop_per_slice, speed_ceiling
 from FusionLungSegLib.nets.registry import build_model
 
 # (batch, in channels, out channels, kernel, side): convolutions of FusionLungNet at 160 px, batch 4

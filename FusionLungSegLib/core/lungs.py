@@ -175,6 +175,32 @@ def select_lungs(
     del shell
     report.components = comps
     sz = float(spacing_zyx[0])
+    live = _reject_non_lung(labels, comps, min_ml)
+    lateral = [c for c in live if c.lateral_mm >= lateral_mm]
+    seeds = (
+        _lung_seeds(
+            labels, live, lateral, sz, seed_fraction, seed_window_mm, other_lung_window_mm, apex_gap_mm, partner_ml
+        )
+        if lateral
+        else []
+    )
+    seed_mask = components_mask(labels, seeds)
+    footprints = {s.label: (labels[s.box] == s.label).any(axis=0) for s in seeds}
+    for c in live:
+        if c in seeds or _near(labels, c, seed_mask, spacing_zyx, near_mm):
+            continue
+        if c.lateral_mm >= lateral_mm and any(_caps(labels, c, s, footprints[s.label], sz, apex_gap_mm) for s in seeds):
+            continue  # an apex cut off from its lung (by a tumour, or slices the network missed)
+        c.reason = FAR
+    kept = np.zeros(full.shape, bool)
+    kept[crop] = _kept_voxels(mask, labels, n, comps)
+    _in_volume_coordinates(comps, crop, full.shape, spacing_zyx)
+    return kept, report
+
+
+def _reject_non_lung(labels: np.ndarray, comps: list[Component], min_ml: float) -> list[Component]:
+    """Give a reason to the components that are not lung by themselves (specks, outside the body, at its
+    surface, gas below other candidates); the others."""
     speck = min(min_ml, 0.005 * max(c.ml for c in comps))  # relative, so thin slabs keep their lungs
     for c in comps:
         if c.ml < speck:
@@ -189,80 +215,79 @@ def select_lungs(
         higher = sum(o.ml for o in live if o is not c and o.top > c.top)
         if c.covered_from_above >= 0.5 and higher > c.ml:
             c.reason = BELOW_LUNG
-    live = [c for c in live if not c.reason]
-    lateral = [c for c in live if c.lateral_mm >= lateral_mm]
-    seeds: list[Component] = []
-    if lateral:
-        floor = seed_fraction * max(c.ml for c in lateral)
-        eligible = [c for c in lateral if c.ml >= floor]
-        highest = max(c.top for c in eligible)
-        window = [c for c in eligible if (highest - c.top) * sz <= seed_window_mm]
-        first = max(window, key=lambda c: c.ml)
-        seeds.append(first)
-        if not 0.2 < first.side < 0.8:  # else one component holds both lungs
-            other_side = [c for c in eligible if (c.side >= 0.5) != (first.side >= 0.5)]
-            # The other lung: within the window if it is there; else its apex may be lower (e.g. after
-            # an upper lobectomy), but not by more than a lung's height.
-            reach = [c for c in other_side if (highest - c.top) * sz <= other_lung_window_mm]
-            others = [c for c in other_side if c in window] or reach
-            if others:
-                second = max(others, key=lambda c: c.ml)
-                # An apex cut off by a tumour is in the window while the rest of its lung lies lower: the
-                # larger part under it is the lung (the apex is kept later for capping it).
-                lower = max(reach, key=lambda c: c.ml, default=second)
-                if lower.ml > second.ml:
-                    lower_footprint = (labels[lower.box] == lower.label).any(axis=0)
-                    if _caps(labels, second, lower, lower_footprint, sz, apex_gap_mm):
-                        second = lower
-                seeds.append(second)
-        if len(seeds) == 1:
-            # The other lung may be a part the field of view cuts (a Crop Volume ROI around one lung): a
-            # candidate of partner_ml or more lying beyond the lung's x range, whatever the visible body's middle.
-            f_lo, f_hi, _ = x_extent(labels, first.label, first.box)
-            beyond = []
-            for c in live:
-                if c is first or c.ml < partner_ml or (highest - c.top) * sz > other_lung_window_mm:
-                    continue
-                c_lo, c_hi, _ = x_extent(labels, c.label, c.box)
-                if max(0.0, min(f_hi, c_hi) - max(f_lo, c_lo)) <= 0.25 * (c_hi - c_lo + 1):
-                    beyond.append(c)
-            if beyond:
-                seeds.append(max(beyond, key=lambda c: c.ml))
-    seed_mask = components_mask(labels, seeds)
-    footprints = {s.label: (labels[s.box] == s.label).any(axis=0) for s in seeds}
-    for c in live:
-        if c in seeds or _near(labels, c, seed_mask, spacing_zyx, near_mm):
-            continue
-        if c.lateral_mm >= lateral_mm and any(_caps(labels, c, s, footprints[s.label], sz, apex_gap_mm) for s in seeds):
-            continue  # an apex cut off from its lung (by a tumour, or slices the network missed)
-        c.reason = FAR
+    return [c for c in live if not c.reason]
+
+
+def _lung_seeds(
+    labels, live, lateral, sz, seed_fraction, seed_window_mm, other_lung_window_mm, apex_gap_mm, partner_ml
+) -> list[Component]:
+    """The lungs among the lateral candidates (see :func:`select_lungs`): one or two components."""
+    floor = seed_fraction * max(c.ml for c in lateral)
+    eligible = [c for c in lateral if c.ml >= floor]
+    highest = max(c.top for c in eligible)
+    window = [c for c in eligible if (highest - c.top) * sz <= seed_window_mm]
+    first = max(window, key=lambda c: c.ml)
+    seeds = [first]
+    if not 0.2 < first.side < 0.8:  # else one component holds both lungs
+        other_side = [c for c in eligible if (c.side >= 0.5) != (first.side >= 0.5)]
+        # The other lung: within the window if it is there; else its apex may be lower (e.g. after
+        # an upper lobectomy), but not by more than a lung's height.
+        reach = [c for c in other_side if (highest - c.top) * sz <= other_lung_window_mm]
+        others = [c for c in other_side if c in window] or reach
+        if others:
+            second = max(others, key=lambda c: c.ml)
+            # An apex cut off by a tumour is in the window while the rest of its lung lies lower: the
+            # larger part under it is the lung (the apex is kept later for capping it).
+            lower = max(reach, key=lambda c: c.ml, default=second)
+            if lower.ml > second.ml:
+                lower_footprint = (labels[lower.box] == lower.label).any(axis=0)
+                if _caps(labels, second, lower, lower_footprint, sz, apex_gap_mm):
+                    second = lower
+            seeds.append(second)
+    if len(seeds) == 1:
+        # The other lung may be a part the field of view cuts (a Crop Volume ROI around one lung): a
+        # candidate of partner_ml or more lying beyond the lung's x range, whatever the visible body's middle.
+        f_lo, f_hi, _ = x_extent(labels, first.label, first.box)
+        beyond = []
+        for c in live:
+            if c is first or c.ml < partner_ml or (highest - c.top) * sz > other_lung_window_mm:
+                continue
+            c_lo, c_hi, _ = x_extent(labels, c.label, c.box)
+            if max(0.0, min(f_hi, c_hi) - max(f_lo, c_lo)) <= 0.25 * (c_hi - c_lo + 1):
+                beyond.append(c)
+        if beyond:
+            seeds.append(max(beyond, key=lambda c: c.ml))
+    return seeds
+
+
+def _kept_voxels(mask: np.ndarray, labels: np.ndarray, n: int, comps: list[Component]) -> np.ndarray:
+    """The candidates less the components given a reason."""
     dropped = [c for c in comps if c.reason]
-    kept = np.zeros(full.shape, bool)
-    if len(dropped) < len(comps):
-        # The candidates less the dropped components, cleared box by box: usually specks and gas pockets,
-        # far smaller than the volume a lookup over every label would read.
-        if sum(np.prod([b.stop - b.start for b in c.box]) for c in dropped) < labels.size:
-            sub = mask.copy()
-            for c in dropped:
-                sub[c.box] &= labels[c.box] != c.label
-            kept[crop] = sub
-        else:
-            kept[crop] = select_components(labels, n, [c.label for c in comps if not c.reason])
-    for c in comps:  # report in the volume's own slice numbers
+    if len(dropped) == len(comps):
+        return np.zeros(mask.shape, bool)
+    # Cleared box by box: usually specks and gas pockets, far smaller than the volume a lookup over every
+    # label would read.
+    if sum(np.prod([b.stop - b.start for b in c.box]) for c in dropped) < labels.size:
+        sub = mask.copy()
+        for c in dropped:
+            sub[c.box] &= labels[c.box] != c.label
+        return sub
+    return select_components(labels, n, [c.label for c in comps if not c.reason])
+
+
+def _in_volume_coordinates(comps: list[Component], crop, shape, spacing_zyx) -> None:
+    """Report the components in the volume's own slice numbers; a component dropped as far from the lungs
+    within 10 mm of the image border is "at the image's edge" instead: cushions or the air around a patient
+    in a tight field of view, which the body mask cannot tell from a lung the field cuts."""
+    edge_y, edge_x = (int(np.ceil(10.0 / float(s))) for s in spacing_zyx[1:])
+    for c in comps:
         c.box = tuple(slice(b.start + (o.start or 0), b.stop + (o.start or 0)) for b, o in zip(c.box, crop))
         c.top, c.bottom = c.top + (crop[0].start or 0), c.bottom + (crop[0].start or 0)
-        # Away from the lungs and within 10 mm of the image border: cushions or the air around a patient
-        # in a tight field of view, which the body mask cannot tell from a lung the field cuts.
         _, ys, xs = c.box
-        edge_y, edge_x = (int(np.ceil(10.0 / float(s))) for s in spacing_zyx[1:])
         if c.reason == FAR and (
-            ys.start < edge_y
-            or xs.start < edge_x
-            or ys.stop > full.shape[1] - edge_y
-            or xs.stop > full.shape[2] - edge_x
+            ys.start < edge_y or xs.start < edge_x or ys.stop > shape[1] - edge_y or xs.stop > shape[2] - edge_x
         ):
             c.reason = AT_IMAGE_EDGE
-    return kept, report
 
 
 def grow_into_aerated_lung(

@@ -25,6 +25,7 @@ from .validation import validate_ct
 
 __all__ = [
     "CancelFn",
+    "CanonicalSlices",
     "Predictor",
     "ProgressFn",
     "PipelineOptions",
@@ -43,27 +44,41 @@ class SegmentationCancelled(RuntimeError):
     """Raised when the ``cancel`` callback asked to stop."""
 
 
-@runtime_checkable
-class Predictor(Protocol):
-    """What finds lung on slices: canonical HU slices in, a lung mask out.
+@dataclass
+class CanonicalSlices:
+    """Axial slices for a predictor, in canonical order (see :mod:`.geometry`).
 
-    A network predictor thresholds its probabilities slice by slice (one byte per voxel held, not four);
-    the HU-threshold baseline applies its rule.  ``spacing_yx`` is the in-plane pixel size in mm (None:
-    unknown, square pixels); ``body`` the canonical body mask (computed by the predictor when it needs one
-    and none is given); ``only`` (bool per slice) limits the work to those slices, the others stay empty.
+    ``hu``: (Z, H, W) CT in HU; ``spacing_yx``: in-plane pixel size in mm (None: unknown, square pixels);
+    ``body``: the canonical body mask (None: the predictor computes one if it needs it); ``only``: bool per
+    slice, the slices to look at (None: all; the others stay empty).
     """
 
-    def predict_canonical(
-        self,
-        hu: np.ndarray,
-        spacing_yx: tuple[float, float] | None,
-        progress: ProgressFn | None = None,
-        cancel: CancelFn | None = None,
-        body: np.ndarray | None = None,
-        only: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """(Z, H, W) HU -> (Z, H, W) bool lung mask."""
-        ...
+    hu: np.ndarray
+    spacing_yx: tuple[float, float] | None
+    body: np.ndarray | None = None
+    only: np.ndarray | None = None
+
+    def body_mask(self) -> np.ndarray:
+        """The body mask: the one given, else computed from the slices."""
+        if self.body is None:
+            self.body = body_mask(self.hu, None if self.spacing_yx is None else (1.0, *self.spacing_yx))
+        return self.body
+
+    def todo(self) -> np.ndarray:
+        """Indices of the slices to look at."""
+        return np.arange(self.hu.shape[0]) if self.only is None else np.flatnonzero(self.only)
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What finds lung on slices: canonical slices in, a lung mask (Z, H, W) bool out.
+
+    A network predictor thresholds its probabilities slice by slice (one byte per voxel held, not four);
+    the HU-threshold baseline applies its rule.  ``progress(fraction, message)`` as slices are done;
+    ``cancel()`` returning True stops before the next batch with :class:`SegmentationCancelled`.
+    """
+
+    def predict(self, slices: CanonicalSlices, progress: ProgressFn | None = None, cancel: CancelFn | None = None): ...
 
 
 @dataclass(frozen=True)
@@ -134,9 +149,7 @@ def segment_volume(
     body = body_mask(hu, reo.spacing_zyx)
     only = slices_that_may_hold_lung(hu, body, reo.spacing_zyx) if options.skip_slices else None
     t1 = clock()
-    mask = predictor.predict_canonical(
-        hu, reo.spacing_zyx[1:], report if progress else None, cancel, body=body, only=only
-    )
+    mask = predictor.predict(CanonicalSlices(hu, reo.spacing_zyx[1:], body, only), report if progress else None, cancel)
     if cancel is not None and cancel():
         raise SegmentationCancelled("cancelled before post-processing")
     if progress is not None:

@@ -13,6 +13,8 @@ post-processing removed).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from .labels import LEFT_LUNG, RIGHT_LUNG
@@ -84,6 +86,13 @@ def _side_name(label: int) -> str:
     return "right" if label == RIGHT_LUNG else "left"
 
 
+@dataclass
+class _Verdict:
+    flags: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    measures: dict = field(default_factory=dict)
+
+
 def quality_check(
     labels: np.ndarray,
     spacing_zyx,
@@ -95,133 +104,159 @@ def quality_check(
     """QC verdict for canonical ``labels`` (0, 1 right, 2 left) with voxel size ``spacing_zyx`` (mm).
 
     With the canonical CT ``hu`` (and ``body``), aerated lung left unlabelled next to the lungs is looked for.
+    Returns ``{"ok", "flags", "notes", "measures"}``; the checks run in a fixed order, so flags read alike.
     """
     lim = {**QC_LIMITS, **(limits or {})}
-    sz, sy, sx = (float(s) for s in spacing_zyx)
-    voxel_ml = sz * sy * sx / 1000.0
-    flags: list[str] = []
-    notes: list[str] = []
-    counts = {side: int(np.count_nonzero(labels == side)) for side in (RIGHT_LUNG, LEFT_LUNG)}
-    ml = {side: counts[side] * voxel_ml for side in counts}
+    voxel_ml = float(np.prod([float(s) for s in spacing_zyx])) / 1000.0
+    ml = {side: int(np.count_nonzero(labels == side)) * voxel_ml for side in (RIGHT_LUNG, LEFT_LUNG)}
     total = sum(ml.values())
     per_slice = np.count_nonzero(labels, axis=(1, 2))
     lung_slices = np.flatnonzero(per_slice)
-    measures: dict = {
-        "right_lung_ml": round(ml[RIGHT_LUNG], 1),
-        "left_lung_ml": round(ml[LEFT_LUNG], 1),
-        "scan_slices": int(labels.shape[0]),
-        "lung_slices": [int(lung_slices[0]), int(lung_slices[-1])] if lung_slices.size else None,
-    }
+    v = _Verdict()
+    v.measures.update(
+        right_lung_ml=round(ml[RIGHT_LUNG], 1),
+        left_lung_ml=round(ml[LEFT_LUNG], 1),
+        scan_slices=int(labels.shape[0]),
+        lung_slices=[int(lung_slices[0]), int(lung_slices[-1])] if lung_slices.size else None,
+    )
     if total == 0:
-        flags.append("No lung was found in this scan. Check that it is a chest CT that covers the lungs.")
+        v.flags.append("No lung was found in this scan. Check that it is a chest CT that covers the lungs.")
     else:
-        # 1. Cut off at either end of the scan.
-        area_mm2 = per_slice * sy * sx
-        if area_mm2[-1] >= lim["cut_off_mm2"]:
-            flags.append(
-                f"Lung reaches the last (most superior) slice of the scan ({area_mm2[-1] / 100:.0f} cm² on it): "
-                "the lungs may be cut off at the scan's upper end, so the volumes are incomplete."
-            )
-        if area_mm2[0] >= lim["cut_off_mm2"]:
-            flags.append(
-                f"Lung reaches the first (most inferior) slice of the scan ({area_mm2[0] / 100:.0f} cm² on it): "
-                "the lungs may be cut off at the scan's lower end, so the volumes are incomplete."
-            )
-        # 2. One lung missing or much smaller than the other.
-        small, big = sorted((RIGHT_LUNG, LEFT_LUNG), key=lambda s: ml[s])
-        if ml[small] == 0:
-            flags.append(
-                f"Only the {_side_name(big)} lung was found; the {_side_name(small)} lung is missing "
-                "(removed, collapsed, replaced by disease, or outside the scan)."
-            )
-        elif ml[small] < lim["side_ratio"] * ml[big]:
-            flags.append(
-                f"The {_side_name(small)} lung ({ml[small]:.0f} mL) is less than "
-                f"{lim['side_ratio']:.0%} of the {_side_name(big)} lung ({ml[big]:.0f} mL)."
-            )
-        # 3. Total volume against the body.
+        cut = _check_scan_ends(v, per_slice * float(spacing_zyx[1]) * float(spacing_zyx[2]), lim)
+        _check_sides(v, ml, lim)
         if total > lim["max_total_ml"]:
-            flags.append(f"The total lung volume ({total:.0f} mL) is more than any adult's lungs hold.")
-        cut = area_mm2[0] >= lim["cut_off_mm2"] or area_mm2[-1] >= lim["cut_off_mm2"]
-        # 3b. The field of view cuts a lung in-plane (a cardiac reconstruction, a cropped volume, a patient
-        # wider than the field): that lung is only partly in the scan.
-        on_edge = lung_on_image_edge_mm2(labels, spacing_zyx)
-        measures["lung_on_image_edge_cm2"] = {_side_name(s): round(a / 100, 1) for s, (a, _) in on_edge.items()}
-        cut_sides = [s for s in (RIGHT_LUNG, LEFT_LUNG) if on_edge[s][0] >= lim["fov_cut_mm2"]]
-        if cut_sides:
-            what = " and ".join(
-                f"the {_side_name(s)} lung ({on_edge[s][0] / 100:.0f} cm² on the edge over {on_edge[s][1]} slices)"
-                for s in cut_sides
-            )
-            flags.append(
-                f"The field of view cuts {what}: the lungs are only partly in the scan, so the volumes are incomplete."
-            )
-            cut = True
+            v.flags.append(f"The total lung volume ({total:.0f} mL) is more than any adult's lungs hold.")
+        cut = _check_field_of_view(v, labels, spacing_zyx, lim) or cut
         if body is not None:
-            body_ml = float(np.count_nonzero(body[lung_slices[0] : lung_slices[-1] + 1])) * voxel_ml
-            ratio = total / body_ml if body_ml else float("inf")
-            measures["lung_to_body"] = round(ratio, 3)
-            # Only for whole lungs: a scan that holds just the bases or the apices has a small ratio.
-            if not cut and not lim["min_lung_to_body"] <= ratio <= lim["max_lung_to_body"]:
-                flags.append(
-                    f"The lungs fill {ratio:.0%} of the body over the slices that hold them, outside the "
-                    f"usual {lim['min_lung_to_body']:.0%}-{lim['max_lung_to_body']:.0%}: the volume is implausible "
-                    "for this body size."
-                )
-            # 4. Lung at the body's outer surface.
-            from .body import outer_shell, shell_margin
-            from .masks import bounding_box
-
-            # The shell only where lung is: a box around the lungs with room for the 4 mm band.
-            lung = labels > 0
-            box = bounding_box(lung, margin=shell_margin(spacing_zyx))
-            surface_ml = float(np.count_nonzero(outer_shell(body[box], spacing_zyx) & lung[box])) * voxel_ml
-            measures["lung_at_body_surface_ml"] = round(surface_ml, 1)
-            if surface_ml >= lim["surface_ml"]:
-                flags.append(
-                    f"{surface_ml:.0f} mL of lung lies within 4 mm of the body's outer surface: check for air "
-                    "outside the patient labelled as lung, or a chest-wall defect."
-                )
-    # 4b. Aerated lung next to the labelled lungs left unlabelled (a lung part the network missed).
+            _check_body(v, labels, body, lung_slices, total, spacing_zyx, cut, lim)
     if total > 0 and hu is not None and body is not None:
-        missed = missed_lung_ml(labels, hu, body, spacing_zyx)
-        measures["unlabelled_air_next_to_lungs_ml"] = round(missed, 1)
-        if missed >= lim["missed_ml"]:
-            flags.append(
-                f"{missed:.0f} mL of aerated, lung-like tissue inside the patient next to the lungs is not labelled: "
-                "part of a lung may be missing from the result."
-            )
-    # 4c. Right and left could not be told apart from what is in view.
-    if total > 0 and report is not None and report.side_basis:
-        measures["sides_decided_by"] = report.side_basis
-    if total > 0 and report is not None and report.side_basis == SIDES_UNDECIDED:
-        flags.append(
+        _check_missed_lung(v, labels, hu, body, spacing_zyx, lim)
+    if total > 0 and report is not None:
+        _check_side_basis(v, report)
+    if report is not None:
+        _check_removed(v, report, lim)
+    return {"ok": not v.flags, "flags": v.flags, "notes": v.notes, "measures": v.measures}
+
+
+def _check_scan_ends(v: _Verdict, area_mm2: np.ndarray, lim: dict) -> bool:
+    """1. Lung on the scan's first or last slice: cut off at either end.  Whether it is."""
+    if area_mm2[-1] >= lim["cut_off_mm2"]:
+        v.flags.append(
+            f"Lung reaches the last (most superior) slice of the scan ({area_mm2[-1] / 100:.0f} cm² on it): "
+            "the lungs may be cut off at the scan's upper end, so the volumes are incomplete."
+        )
+    if area_mm2[0] >= lim["cut_off_mm2"]:
+        v.flags.append(
+            f"Lung reaches the first (most inferior) slice of the scan ({area_mm2[0] / 100:.0f} cm² on it): "
+            "the lungs may be cut off at the scan's lower end, so the volumes are incomplete."
+        )
+    return bool(area_mm2[0] >= lim["cut_off_mm2"] or area_mm2[-1] >= lim["cut_off_mm2"])
+
+
+def _check_sides(v: _Verdict, ml: dict, lim: dict) -> None:
+    """2. One lung missing or much smaller than the other."""
+    small, big = sorted((RIGHT_LUNG, LEFT_LUNG), key=lambda s: ml[s])
+    if ml[small] == 0:
+        v.flags.append(
+            f"Only the {_side_name(big)} lung was found; the {_side_name(small)} lung is missing "
+            "(removed, collapsed, replaced by disease, or outside the scan)."
+        )
+    elif ml[small] < lim["side_ratio"] * ml[big]:
+        v.flags.append(
+            f"The {_side_name(small)} lung ({ml[small]:.0f} mL) is less than "
+            f"{lim['side_ratio']:.0%} of the {_side_name(big)} lung ({ml[big]:.0f} mL)."
+        )
+
+
+def _check_field_of_view(v: _Verdict, labels: np.ndarray, spacing_zyx, lim: dict) -> bool:
+    """3b. The field of view cuts a lung in-plane (a cardiac reconstruction, a cropped volume, a patient
+    wider than the field): that lung is only partly in the scan.  Whether it does."""
+    on_edge = lung_on_image_edge_mm2(labels, spacing_zyx)
+    v.measures["lung_on_image_edge_cm2"] = {_side_name(s): round(a / 100, 1) for s, (a, _) in on_edge.items()}
+    cut_sides = [s for s in (RIGHT_LUNG, LEFT_LUNG) if on_edge[s][0] >= lim["fov_cut_mm2"]]
+    if cut_sides:
+        what = " and ".join(
+            f"the {_side_name(s)} lung ({on_edge[s][0] / 100:.0f} cm² on the edge over {on_edge[s][1]} slices)"
+            for s in cut_sides
+        )
+        v.flags.append(
+            f"The field of view cuts {what}: the lungs are only partly in the scan, so the volumes are incomplete."
+        )
+    return bool(cut_sides)
+
+
+def _check_body(v: _Verdict, labels, body, lung_slices, total: float, spacing_zyx, cut: bool, lim: dict) -> None:
+    """3. Total volume against the body (whole lungs only); 4. lung at the body's outer surface."""
+    from .body import outer_shell, shell_margin
+    from .masks import bounding_box
+
+    voxel_ml = float(np.prod([float(s) for s in spacing_zyx])) / 1000.0
+    body_ml = float(np.count_nonzero(body[lung_slices[0] : lung_slices[-1] + 1])) * voxel_ml
+    ratio = total / body_ml if body_ml else float("inf")
+    v.measures["lung_to_body"] = round(ratio, 3)
+    # Only for whole lungs: a scan that holds just the bases or the apices has a small ratio.
+    if not cut and not lim["min_lung_to_body"] <= ratio <= lim["max_lung_to_body"]:
+        v.flags.append(
+            f"The lungs fill {ratio:.0%} of the body over the slices that hold them, outside the "
+            f"usual {lim['min_lung_to_body']:.0%}-{lim['max_lung_to_body']:.0%}: the volume is implausible "
+            "for this body size."
+        )
+    # The shell only where lung is: a box around the lungs with room for the 4 mm band.
+    lung = labels > 0
+    box = bounding_box(lung, margin=shell_margin(spacing_zyx))
+    surface_ml = float(np.count_nonzero(outer_shell(body[box], spacing_zyx) & lung[box])) * voxel_ml
+    v.measures["lung_at_body_surface_ml"] = round(surface_ml, 1)
+    if surface_ml >= lim["surface_ml"]:
+        v.flags.append(
+            f"{surface_ml:.0f} mL of lung lies within 4 mm of the body's outer surface: check for air "
+            "outside the patient labelled as lung, or a chest-wall defect."
+        )
+
+
+def _check_missed_lung(v: _Verdict, labels, hu, body, spacing_zyx, lim: dict) -> None:
+    """4b. Aerated lung next to the labelled lungs left unlabelled (a lung part the network missed)."""
+    missed = missed_lung_ml(labels, hu, body, spacing_zyx)
+    v.measures["unlabelled_air_next_to_lungs_ml"] = round(missed, 1)
+    if missed >= lim["missed_ml"]:
+        v.flags.append(
+            f"{missed:.0f} mL of aerated, lung-like tissue inside the patient next to the lungs is not labelled: "
+            "part of a lung may be missing from the result."
+        )
+
+
+def _check_side_basis(v: _Verdict, report: SelectionReport) -> None:
+    """4c. Right and left could not be told apart from what is in view."""
+    if report.side_basis:
+        v.measures["sides_decided_by"] = report.side_basis
+    if report.side_basis == SIDES_UNDECIDED:
+        v.flags.append(
             "Right and left could not be decided from what is in this field of view (one lung, with neither its "
             "chest wall nor the mediastinum clear): the side of the label may be wrong."
         )
-    # 5. Lung-like regions that post-processing removed.  Air outside the patient (cushions, head
-    # holders) is unambiguous and only noted; inside the body it may hide a mistake: flagged when large.
-    if report is not None:
-        reasons = (OUTSIDE_BODY, AT_SURFACE, BELOW_LUNG, FAR, AT_IMAGE_EDGE)
-        removed = {reason: report.removed_ml(reason) for reason in reasons}
-        measures["removed_ml"] = {k: round(v, 1) for k, v in removed.items() if v > 0}
-        inside = {k: v for k, v in removed.items() if k not in (OUTSIDE_BODY, AT_IMAGE_EDGE) and v >= 0.5}
-        where = ", ".join(f"{v:.0f} mL {k}" for k, v in inside.items())
-        if sum(inside.values()) >= lim["removed_flag_ml"]:
-            flags.append(
-                f"Lung-like regions inside the body but away from the lungs were found and removed ({where}): "
-                "check that nothing similar was kept."
-            )
-        elif sum(inside.values()) >= lim["removed_note_ml"]:
-            notes.append(f"Small lung-like regions away from the lungs were removed ({where}).")
-        if removed[OUTSIDE_BODY] >= lim["removed_note_ml"]:
-            notes.append(
-                f"{removed[OUTSIDE_BODY]:.0f} mL of air outside the patient (cushions, table, blankets) looked like "
-                "lung to the network and was removed."
-            )
-        if removed[AT_IMAGE_EDGE] >= lim["removed_note_ml"]:
-            notes.append(
-                f"{removed[AT_IMAGE_EDGE]:.0f} mL of lung-like air at the image's edge, away from the lungs (cushions, "
-                "air around a patient in a tight field of view), looked like lung to the network and was removed."
-            )
-    return {"ok": not flags, "flags": flags, "notes": notes, "measures": measures}
+
+
+def _check_removed(v: _Verdict, report: SelectionReport, lim: dict) -> None:
+    """5. Lung-like regions that post-processing removed.  Air outside the patient (cushions, head holders)
+    is unambiguous and only noted; inside the body it may hide a mistake: flagged when large."""
+    reasons = (OUTSIDE_BODY, AT_SURFACE, BELOW_LUNG, FAR, AT_IMAGE_EDGE)
+    removed = {reason: report.removed_ml(reason) for reason in reasons}
+    v.measures["removed_ml"] = {k: round(x, 1) for k, x in removed.items() if x > 0}
+    inside = {k: x for k, x in removed.items() if k not in (OUTSIDE_BODY, AT_IMAGE_EDGE) and x >= 0.5}
+    where = ", ".join(f"{x:.0f} mL {k}" for k, x in inside.items())
+    if sum(inside.values()) >= lim["removed_flag_ml"]:
+        v.flags.append(
+            f"Lung-like regions inside the body but away from the lungs were found and removed ({where}): "
+            "check that nothing similar was kept."
+        )
+    elif sum(inside.values()) >= lim["removed_note_ml"]:
+        v.notes.append(f"Small lung-like regions away from the lungs were removed ({where}).")
+    if removed[OUTSIDE_BODY] >= lim["removed_note_ml"]:
+        v.notes.append(
+            f"{removed[OUTSIDE_BODY]:.0f} mL of air outside the patient (cushions, table, blankets) looked like "
+            "lung to the network and was removed."
+        )
+    if removed[AT_IMAGE_EDGE] >= lim["removed_note_ml"]:
+        v.notes.append(
+            f"{removed[AT_IMAGE_EDGE]:.0f} mL of lung-like air at the image's edge, away from the lungs (cushions, "
+            "air around a patient in a tight field of view), looked like lung to the network and was removed."
+        )

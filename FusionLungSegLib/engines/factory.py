@@ -115,39 +115,14 @@ def make_predictor(
     if batch < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
-    # The engine: one by name, or the candidates auto times on the first batch.
-    pinned = requested_backend(backend)
-    may_int8 = requested == "auto" and int8_may_pay(meta, dev, size, backend)
-    if requested == "auto" and pinned in ENGINE_PRECISIONS:
-        if may_int8:
-            resolved = "int8"
-        elif resolved not in ENGINE_PRECISIONS[pinned]:
-            resolved = "fp32"  # ONNX Runtime has no bf16
-    chosen = resolve_backend(backend, dev, resolved)
-    engine_precision = resolved
-    if may_int8 and chosen not in ENGINE_PRECISIONS:
-        chosen, engine_precision = "auto", "int8"  # torch (bf16 or fp32) against int8, timed
-    names = [chosen] if chosen in ENGINE_PRECISIONS else engines_for(dev, engine_precision) if chosen == "auto" else []
     key = weights_key(weights, sha256, None if from_file else model)
-    torch_precision = resolved if resolved != "int8" else resolve_precision("auto", dev)
-    torch_engine = TorchEngine(model, dev, torch_precision, requested if requested != "int8" else "auto")
 
     def calibration() -> torch.Tensor:
         return sample_calibration_inputs(size, window, crop, enhance)
 
-    others = [
-        (OpenVinoEngine if name == "openvino" else OnnxRuntimeEngine)(
-            torch_engine.model, key, size, precision=engine_precision, calibration=calibration
-        )
-        for name in names
-    ]
-    if chosen == "auto" and others:
-        torch_runs = resolved != "int8"  # int8 asked for by name: torch is no candidate
-        engine = AutoEngine(([torch_engine] if torch_runs else []) + others)
-    elif others:
-        engine = others[0]
-    else:
-        engine = torch_engine
+    engine = _engine(
+        model, dev, requested, resolved, backend, int8_may_pay(meta, dev, size, backend), key, size, calibration
+    )
     predictor = NetworkPredictor(
         engine,
         input_size=size,
@@ -158,7 +133,39 @@ def make_predictor(
         enhance=enhance,
         progress=progress,
         meta=meta,
-        model=torch_engine.model,
+        model=model,
         precision_requested=requested,
     )
     return predictor
+
+
+def _engine(model, dev, requested: str, resolved: str, backend: str, may_int8: bool, key, size: int, calibration):
+    """The engine for the request: one by name, or the candidates ``auto`` times on the first batch.
+
+    ``requested``: the precision as asked; ``resolved``: as resolved for torch on ``dev`` ("int8" when asked
+    for by name); ``may_int8``: whether ``auto`` should time int8 against torch (:func:`int8_may_pay`).
+    """
+    pinned = requested_backend(backend)
+    may_int8 = requested == "auto" and may_int8
+    if requested == "auto" and pinned in ENGINE_PRECISIONS:
+        if may_int8:
+            resolved = "int8"
+        elif resolved not in ENGINE_PRECISIONS[pinned]:
+            resolved = "fp32"  # ONNX Runtime has no bf16
+    chosen = resolve_backend(backend, dev, resolved)
+    engine_precision = resolved
+    if may_int8 and chosen not in ENGINE_PRECISIONS:
+        chosen, engine_precision = "auto", "int8"  # torch (bf16 or fp32) against int8, timed
+    names = [chosen] if chosen in ENGINE_PRECISIONS else engines_for(dev, engine_precision) if chosen == "auto" else []
+    torch_precision = resolved if resolved != "int8" else resolve_precision("auto", dev)
+    torch_engine = TorchEngine(model, dev, torch_precision, requested if requested != "int8" else "auto")
+    others = [
+        (OpenVinoEngine if name == "openvino" else OnnxRuntimeEngine)(
+            torch_engine.model, key, size, precision=engine_precision, calibration=calibration
+        )
+        for name in names
+    ]
+    if chosen == "auto" and others:
+        torch_runs = resolved != "int8"  # int8 asked for by name: torch is no candidate
+        return AutoEngine(([torch_engine] if torch_runs else []) + others)
+    return others[0] if others else torch_engine

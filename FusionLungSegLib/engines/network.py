@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..core.body import body_mask, crop_box
-from ..core.pipeline import CancelFn, ProgressFn, SegmentationCancelled
+from ..core.pipeline import CancelFn, CanonicalSlices, ProgressFn, SegmentationCancelled
 from ..nets.preprocess import enhance_slices, from_network, to_network
 
 __all__ = ["Engine", "NetworkPredictor", "network_inputs", "sample_calibration_inputs"]
@@ -166,25 +166,15 @@ class NetworkPredictor:
         return sample_calibration_inputs(self.input_size, self.hu_window, self.body_crop, self.enhance)
 
     @torch.inference_mode()
-    def predict_canonical(
-        self,
-        hu: np.ndarray,
-        spacing_yx: tuple[float, float] | None,
-        progress: ProgressFn | None = None,
-        cancel: CancelFn | None = None,
-        body: np.ndarray | None = None,
-        only: np.ndarray | None = None,
+    def predict(
+        self, slices: CanonicalSlices, progress: ProgressFn | None = None, cancel: CancelFn | None = None
     ) -> np.ndarray:
-        """Lung mask (Z, H, W) bool for canonical HU slices (Z, H, W), batch by batch.
-
-        ``spacing_yx`` in mm (None: unknown, square pixels); ``body``, the canonical
-        body mask, is computed here when cropping needs it and none is given;
-        ``only`` (bool per slice) limits the network to those slices (the others stay empty).
-        """
-        todo = np.arange(hu.shape[0]) if only is None else np.flatnonzero(only)
+        """Lung mask (Z, H, W) bool for canonical slices, batch by batch (the body mask is computed when
+        cropping needs it and none is given; slices outside ``only`` stay empty)."""
+        hu, spacing_yx = slices.hu, slices.spacing_yx
+        todo = slices.todo()
         n = len(todo)
-        if self.body_crop is not None and body is None:
-            body = body_mask(hu, None if spacing_yx is None else (1.0, *spacing_yx))
+        body = slices.body_mask() if self.body_crop is not None else slices.body
         boxes = self.crop_boxes(body, spacing_yx) if body is not None else [None] * hu.shape[0]
         mask = np.zeros(hu.shape, dtype=bool)
         bar = None

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.body import body_mask
-from ..core.pipeline import CancelFn, ProgressFn, SegmentationCancelled
+from ..core.pipeline import CancelFn, CanonicalSlices, ProgressFn, SegmentationCancelled
 
 __all__ = ["HUThresholdPredictor", "DEFAULT_THRESHOLD_HU"]
 
@@ -26,23 +25,15 @@ class HUThresholdPredictor:
     def __init__(self, threshold_hu: float = DEFAULT_THRESHOLD_HU):
         self.threshold_hu = float(threshold_hu)
 
-    def predict_canonical(
-        self,
-        hu: np.ndarray,
-        spacing_yx: tuple[float, float] | None,
-        progress: ProgressFn | None = None,
-        cancel: CancelFn | None = None,
-        body: np.ndarray | None = None,
-        only: np.ndarray | None = None,
+    def predict(
+        self, slices: CanonicalSlices, progress: ProgressFn | None = None, cancel: CancelFn | None = None
     ) -> np.ndarray:
         """Candidate mask (Z, H, W) bool: HU below the threshold inside the body (``only``: those slices)."""
         if cancel is not None and cancel():
             raise SegmentationCancelled("cancelled before thresholding")
-        if body is None:
-            body = body_mask(hu, None if spacing_yx is None else (1.0, *spacing_yx))
-        mask = (np.asarray(hu) < self.threshold_hu) & body
-        if only is not None:
-            mask[~np.asarray(only, dtype=bool)] = False
+        mask = (np.asarray(slices.hu) < self.threshold_hu) & slices.body_mask()
+        if slices.only is not None:
+            mask[~np.asarray(slices.only, dtype=bool)] = False
         if progress is not None:
-            progress(1.0, f"thresholded {hu.shape[0]} slices")
+            progress(1.0, f"thresholded {slices.hu.shape[0]} slices")
         return mask

@@ -25,18 +25,12 @@ from ..engines.hardware import resolve_device
 from ..io.files import atomic_output
 from ..nets.encoders import trunk_source
 from ..nets.fusionlungnet import load_encoder_weights
-from ..nets.preprocess import HU_WINDOW, enhance_slices, from_network, mask_to_network, to_network
+from ..nets.preprocess import HU_WINDOW, from_network, to_network
 from ..nets.registry import ARCHITECTURES, build_model, count_parameters
+from .batches import Batches, RunData, load_run_data
 from .config import TrainConfig
 from .data import (
-    Augment,
     SliceSet,
-    attach_crop_boxes,
-    fov_cut_variants,
-    load_finding_lungs,
-    load_hu_labelled_slices,
-    load_lung_free_slices,
-    split_by_case,
 )
 from .losses import BCELoss, DeepSupervisionLoss, HybridLoss
 
@@ -70,18 +64,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _to_network_set(slices: SliceSet, size: int, window) -> tuple[torch.Tensor, torch.Tensor]:
-    """Network input and target of every slice, each cropped to its own ``boxes`` entry."""
-    xs, ms = [], []
-    for i in range(len(slices)):
-        x, frame = to_network(slices.images[i : i + 1], size, slices.spacing_yx[i], window, slices.boxes[i])
-        xs.append(x)
-        ms.append(mask_to_network(slices.masks[i : i + 1], frame))
-    if not xs:
-        return torch.zeros(0, 1, size, size), torch.zeros(0, 1, size, size)
-    return torch.cat(xs), (torch.cat(ms) > 0.5).float()
 
 
 @torch.inference_mode()
@@ -136,71 +118,17 @@ class WeightAverage:
                 avg.copy_(cur)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train ``cfg.arch`` (FusionLungNet by default); returns a summary dict (best metrics, paths, timings)."""
-    from tqdm.auto import tqdm
-
-    if not cfg.refinement and cfg.arch != "fusionlungnet":
-        raise ValueError("--no-refinement is an ablation of FusionLungNet (--arch fusionlungnet)")
-    out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg.arch)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    _seed_everything(cfg.seed)
-
-    data = load_finding_lungs(cfg.data, limit=cfg.limit)
-    if cfg.body_crop:
-        attach_crop_boxes(data)
-    train_idx, val_idx = split_by_case(data.cases, cfg.val_fraction, cfg.seed)
-    train_set, val_set = data.subset(train_idx), data.subset(val_idx)
-    empty = SliceSet(np.zeros((0, 1, 1), np.int16), np.zeros((0, 1, 1), bool), [], [])
-    free_set = load_lung_free_slices(cfg.lung_free_data, "train") if cfg.lung_free_fraction > 0 else empty
-    free_val = load_lung_free_slices(cfg.lung_free_data, "held-out") if cfg.lung_free_fraction > 0 else empty
-    base_set = load_hu_labelled_slices(cfg.lung_free_data) if cfg.hu_labelled else empty
-    if not cfg.body_crop:  # the volumes' boxes come with them; without the crop the whole slice is used
-        for s in (free_set, free_val, base_set):
-            s.boxes = [None] * len(s)
-    if cfg.enhance:  # boxes stay those of the raw slices, as at inference
-        for s in (train_set, val_set, free_set, free_val, base_set):
-            s.images = np.round(enhance_slices(s.images)).astype(np.int16) if len(s) else s.images
-    (out / "split.json").write_text(
-        json.dumps(
-            {
-                "seed": cfg.seed,
-                "train": train_set.names,
-                "validation": val_set.names,
-                "lung_free_train": free_set.names,
-                "lung_free_held_out": free_val.names,
-                "hu_labelled_train": base_set.names,
-            },
-            indent=1,
-        )
-    )
-    images, masks = _to_network_set(train_set, cfg.input_size, cfg.hu_window)
-    if len(base_set):  # lung-base slices with HU-derived masks join the lung slices
-        base_images, base_masks = _to_network_set(base_set, cfg.input_size, cfg.hu_window)
-        images, masks = torch.cat([images, base_images]), torch.cat([masks, base_masks])
-    free_images, _ = _to_network_set(free_set, cfg.input_size, cfg.hu_window)
-    fov_images = fov_masks = torch.zeros(0)
-    fov_val = empty
-    if cfg.fov_fraction > 0:  # cut fields of view of the lung slices (and of the validation slices, scored apart)
-        parts = [
-            _to_network_set(fov_cut_variants(s, cfg.fov_variants, cfg.seed + k), cfg.input_size, cfg.hu_window)
-            for k, s in enumerate((train_set, base_set))
-            if len(s)
-        ]
-        fov_images, fov_masks = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        fov_val = fov_cut_variants(val_set, 1, cfg.seed + 100) if len(val_set) else empty
-
+def _initial_model(cfg: TrainConfig, device: torch.device, data: RunData) -> torch.nn.Module:
+    """The network, from scratch or ``--init-weights`` (refused if it trained on this run's validation
+    slices), with ``--encoder-weights`` loaded into its encoder."""
     model = build_model(cfg.arch, **arch_options(cfg)).to(device)
     if cfg.init_weights:
         from ..nets.weights import load_weights
 
         state, init_meta = load_weights(None if cfg.init_weights == "bundled" else cfg.init_weights)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        seen = set(data.names) - set(init_meta.get("validation") or data.names)  # what those weights trained on
-        leaked = sorted(seen & set(val_set.names))
+        seen = set(data.all_names) - set(init_meta.get("validation") or data.all_names)  # what they trained on
+        leaked = sorted(seen & set(data.val_set.names))
         if leaked:
             raise ValueError(
                 f"--init-weights {cfg.init_weights} was trained on {len(leaked)} of this run's validation slices "
@@ -214,36 +142,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if missing:
             print(f"encoder weights: {len(missing)} keys not in file, e.g. {missing[:3]}")
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    criterion = DeepSupervisionLoss(
-        HybridLoss() if cfg.loss == "hybrid" else BCELoss(), deep_supervision=cfg.deep_supervision
-    )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    augment = Augment(generator=gen) if cfg.augment else None
-    ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+    return model.to(memory_format=memory_format)
 
-    start_epoch, best_iou, history = 0, -1.0, []
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if cfg.resume:
-        if not last_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint {last_path}")
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.model.load_state_dict(state.get("ema") or state["model"])
-        start_epoch, best_iou, history = state["epoch"], state["best_iou"], state["history"]
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        print(f"resumed from {last_path} at epoch {start_epoch} (best IoU {best_iou:.4f})")
 
-    from ..engines.hardware import cpu_info, resolve_precision
+def _machine(precision: str, device: torch.device, model: torch.nn.Module) -> dict:
+    """Where the run trained, recorded in its checkpoints."""
+    from ..engines.hardware import cpu_info
 
-    precision = resolve_precision(cfg.precision if cfg.amp else "fp32", device)
-    use_amp = precision == "bf16"  # bf16 autocast; weights, optimizer and loss stay fp32
     cpu = cpu_info()
-    machine = {
+    return {
         "precision": precision,
         "device": str(device),
         "cpu": cpu["name"],
@@ -252,105 +159,91 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         # the ResNet trunk's source decides its initial weights (torchvision's init or PyTorch's defaults)
         "resnet_trunk": trunk_source(getattr(model, "encoder", None)),
     }
-    print(f"training in {precision} on {device} ({cpu.get('name')})", flush=True)
-    sizes = [cfg.input_size]
-    if cfg.min_input_size:
-        sizes = list(range(cfg.min_input_size, cfg.input_size + 1, 32)) or [cfg.input_size]
-    t_start = time.monotonic()
-    n = len(images)
-    # Each batch: n_free lung-free slices (drawn at random) and the rest from the lung slices.
-    n_free = min(cfg.batch_size - 1, max(1, round(cfg.batch_size * cfg.lung_free_fraction))) if len(free_images) else 0
-    per_batch = cfg.batch_size - n_free
-    # Of the lung slices, n_fov are replaced by cut fields of view (the steps per epoch stay the same).
-    n_fov = min(per_batch - 1, max(1, round(per_batch * cfg.fov_fraction))) if len(fov_images) else 0
-    steps = math.ceil(n / per_batch)
-    stopped_early = False
+
+
+def _validate(model: torch.nn.Module, cfg: TrainConfig, data: RunData, device: torch.device) -> dict:
+    """Validation metrics of one epoch: IoU and the rest at the training size, IoU at the other sizes and on
+    cut fields of view, and the share of lung-free pixels called lung."""
+    val_set = data.val_set
+    metrics = _evaluate(model, val_set, cfg.input_size, device, cfg.hu_window) if len(val_set) else {}
+    for size in sorted({*cfg.val_sizes, *([cfg.min_input_size] if cfg.min_input_size else [])} - {cfg.input_size}):
+        if len(val_set):
+            metrics[f"iou_{size}"] = _evaluate(model, val_set, size, device, cfg.hu_window)["iou"]
+    if "iou" in metrics and (cfg.val_sizes or cfg.min_input_size):
+        metrics[f"iou_{cfg.input_size}"] = metrics["iou"]
+    if len(data.fov_val):
+        metrics["iou_fov"] = _evaluate(model, data.fov_val, cfg.input_size, device, cfg.hu_window)["iou"]
+    if len(data.free_val):
+        metrics["lung_free_fraction"] = _false_lung_fraction(
+            model, data.free_val, cfg.input_size, device, cfg.hu_window
+        )
+    return metrics
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train ``cfg.arch`` (FusionLungNet by default); returns a summary dict (best metrics, paths, timings)."""
+    from tqdm.auto import tqdm
+
+    from ..engines.hardware import resolve_precision
+
+    if not cfg.refinement and cfg.arch != "fusionlungnet":
+        raise ValueError("--no-refinement is an ablation of FusionLungNet (--arch fusionlungnet)")
+    out = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg.arch)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+    data = load_run_data(cfg, out)
+    model = _initial_model(cfg, device, data)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    criterion = DeepSupervisionLoss(
+        HybridLoss() if cfg.loss == "hybrid" else BCELoss(), deep_supervision=cfg.deep_supervision
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = Batches(cfg, data, gen)
+    ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+    start_epoch, best_iou, history = 0, -1.0, []
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if cfg.resume:
+        start_epoch, best_iou, history = _resume(last_path, model, optimizer, ema, gen)
+    precision = resolve_precision(cfg.precision if cfg.amp else "fp32", device)
+    use_amp = precision == "bf16"  # bf16 autocast; weights, optimizer and loss stay fp32
+    machine = _machine(precision, device, model)
+    print(f"training in {precision} on {device} ({machine['cpu']})", flush=True)
+    t_start, stopped_early = time.monotonic(), False
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        perm = torch.randperm(n, generator=gen)
-        t0, total = time.monotonic(), 0.0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for step in bar:
-            idx = perm[step * per_batch : (step + 1) * per_batch]
-            x, y = images[idx], masks[idx]
-            if n_fov and len(idx) > n_fov:
-                pick = torch.randint(len(fov_images), (n_fov,), generator=gen)
-                x = torch.cat([x[:-n_fov], fov_images[pick]])
-                y = torch.cat([y[:-n_fov], fov_masks[pick]])
-            if n_free:
-                pick = torch.randint(len(free_images), (n_free,), generator=gen)
-                x = torch.cat([x, free_images[pick]])
-                y = torch.cat([y, torch.zeros_like(free_images[pick])])
-            if augment is not None:
-                x, y = augment(x, y)
-            size = sizes[int(torch.randint(len(sizes), (1,), generator=gen))]
-            if size != x.shape[-1]:
-                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-                y = (torch.nn.functional.interpolate(y, size=(size, size), mode="bilinear") > 0.5).float()
-            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                outputs = model(x)
-            loss = criterion([o.float() for o in outputs], y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            total += float(loss.detach())
-            bar.set_postfix(loss=f"{total / (step + 1):.4f}")
-            if cfg.log_every and (step + 1) % cfg.log_every == 0:
-                print(f"epoch {epoch + 1} step {step + 1}/{steps} loss {total / (step + 1):.4f}", flush=True)
-        train_loss = total / steps
+        t0 = time.monotonic()
+        bar = tqdm(range(batches.steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        train_loss = _train_epoch(model, batches, bar, optimizer, criterion, ema, use_amp, cfg.log_every, epoch)
         judged = ema.model if ema is not None else model  # validation (and best.pt) use the averaged weights
-        metrics = _evaluate(judged, val_set, cfg.input_size, device, cfg.hu_window) if len(val_set) else {}
-        for size in sorted({*cfg.val_sizes, *([cfg.min_input_size] if cfg.min_input_size else [])} - {cfg.input_size}):
-            if len(val_set):
-                metrics[f"iou_{size}"] = _evaluate(judged, val_set, size, device, cfg.hu_window)["iou"]
-        if "iou" in metrics and (cfg.val_sizes or cfg.min_input_size):
-            metrics[f"iou_{cfg.input_size}"] = metrics["iou"]
-        if len(fov_val):
-            metrics["iou_fov"] = _evaluate(judged, fov_val, cfg.input_size, device, cfg.hu_window)["iou"]
-        if len(free_val):
-            size, window = cfg.input_size, cfg.hu_window
-            metrics["lung_free_fraction"] = _false_lung_fraction(judged, free_val, size, device, window)
-        row = {
-            "epoch": epoch + 1,
-            "precision": precision,
-            "train_loss": train_loss,
-            "lr": lr,
-            **{f"val_{k}": v for k, v in metrics.items()},
-            "epoch_seconds": time.monotonic() - t0,
-        }
-        history.append(row)
+        metrics = _validate(judged, cfg, data, device)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "precision": precision,
+                "train_loss": train_loss,
+                "lr": lr,
+                **{f"val_{k}": v for k, v in metrics.items()},
+                "epoch_seconds": time.monotonic() - t0,
+            }
+        )
         val_iou = metrics.get("iou", -train_loss)  # model choice: Kaggle validation IoU only
         improved = val_iou > best_iou
         best_iou = max(best_iou, val_iou)
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1,
-            "best_iou": best_iou,
-            "history": history,
-            "config": asdict(cfg),
-            "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "validation": val_set.names,
-            "lung_free_train": free_set.names,
-            "hu_labelled_train": base_set.names,
+            **_progress_state(epoch, best_iou, history, cfg, gen),
+            **data.names_recorded(),
             "ema": ema.model.state_dict() if ema is not None else None,
             "machine": machine,
         }
-        _atomic_save(state, last_path)
-        if improved:  # resuming reads last.pt only, so best.pt leaves out the optimizer: a third of the size
-            _atomic_save({k: v for k, v in state.items() if k not in _RESUME_ONLY}, best_path)
-        _write_logs(out, history)
-        from .curves import plot_training_curves
-
-        plot_training_curves(history, out / "curves.png")
+        _save_epoch(out, state, improved, history)
         print(
             f"epoch {epoch + 1}: loss {train_loss:.4f} "
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -368,11 +261,75 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "best": str(best_path),
         "parameters": count_parameters(model),
         "stopped_on_time_limit": stopped_early,
-        "train_slices": len(train_set),
-        "lung_free_slices": len(free_set),
-        "hu_labelled_slices": len(base_set),
-        "val_slices": len(val_set),
+        "train_slices": len(data.train_set),
+        "lung_free_slices": len(data.free_set),
+        "hu_labelled_slices": len(data.base_set),
+        "val_slices": len(data.val_set),
     }
+
+
+def _progress_state(epoch: int, best_iou: float, history: list, cfg: TrainConfig, gen: torch.Generator) -> dict:
+    """Where the run is, for ``last.pt``: epoch, best IoU, history, settings and both random generators."""
+    return {
+        "epoch": epoch + 1,
+        "best_iou": best_iou,
+        "history": history,
+        "config": asdict(cfg),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _train_epoch(model, batches: Batches, bar, optimizer, criterion, ema, use_amp: bool, log_every: int, epoch: int):
+    """One pass over the lung slices in a fresh order; the mean training loss."""
+    device = next(model.parameters()).device
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    perm = torch.randperm(batches.n, generator=batches.gen)
+    total = 0.0
+    for step in bar:
+        x, y = batches.batch(perm, step)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            outputs = model(x)
+        loss = criterion([o.float() for o in outputs], y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        total += float(loss.detach())
+        bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+        if log_every and (step + 1) % log_every == 0:
+            print(f"epoch {epoch + 1} step {step + 1}/{batches.steps} loss {total / (step + 1):.4f}", flush=True)
+    return total / batches.steps
+
+
+def _resume(last_path: Path, model, optimizer, ema, gen: torch.Generator) -> tuple[int, float, list]:
+    """Load ``last.pt`` into the run's model, optimizer, averaged weights and generators; (epoch, best IoU,
+    history) to continue from."""
+    if not last_path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint {last_path}")
+    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.model.load_state_dict(state.get("ema") or state["model"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    print(f"resumed from {last_path} at epoch {state['epoch']} (best IoU {state['best_iou']:.4f})")
+    return state["epoch"], state["best_iou"], state["history"]
+
+
+def _save_epoch(out: Path, state: dict, improved: bool, history: list[dict]) -> None:
+    """``last.pt`` every epoch, ``best.pt`` when validation improved, the logs and the curves."""
+    from .curves import plot_training_curves
+
+    _atomic_save(state, out / "last.pt")
+    if improved:  # resuming reads last.pt only, so best.pt leaves out the optimizer: a third of the size
+        _atomic_save({k: v for k, v in state.items() if k not in _RESUME_ONLY}, out / "best.pt")
+    _write_logs(out, history)
+    plot_training_curves(history, out / "curves.png")
 
 
 _RESUME_ONLY = ("optimizer", "generator", "torch_rng")
@@ -423,7 +380,7 @@ def export_weights(checkpoint: str | Path, out_path: str | Path, extra_meta: dic
         "enhancement": bool(cfg.get("enhance", False)),
         "lung_free_training_slices": list(state.get("lung_free_train", [])),
         "hu_labelled_training_slices": list(state.get("hu_labelled_train", [])),
-        # the share of lung slices seen through cut fields of view (data.fov_cut_variants), and copies per slice
+        # the share of lung slices seen through cut fields of view (fov.fov_cut_variants), and copies per slice
         "fov_cuts": {"fraction": cfg["fov_fraction"], "variants": cfg.get("fov_variants", 2)}
         if cfg.get("fov_fraction")
         else None,
