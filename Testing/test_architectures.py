@@ -62,6 +62,7 @@ def test_ablation_losses():
         ("fusionlungnet", {"refinement": False, "deep_supervision": False, "loss": "bce"}),
     ],
 )
+@pytest.mark.slow
 def test_train_a_step_export_and_segment_without_naming_the_architecture_again(arch, flags, tmp_path):
     from FusionLungSegLib.io import read_image
     from FusionLungSegLib.segmenter import LungSegmenter
@@ -96,6 +97,7 @@ def test_refinement_ablation_is_for_fusionlungnet_only(tmp_path):
         train(cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_enhancement_stage_is_stored_in_the_weights_and_applied_at_inference(tmp_path):
     import numpy as np
 

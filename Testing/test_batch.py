@@ -19,6 +19,7 @@ def _run(args, cwd):
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_batch_over_files_and_dicom_folder_with_one_bad_case(tmp_path, random_weights):
     scans = tmp_path / "scans"
     scans.mkdir()

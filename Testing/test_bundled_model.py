@@ -23,6 +23,7 @@ def test_bundled_file_matches_its_checksum():
     assert W.sha256_of(W.bundled_weights_path()) == W.BUNDLED_SHA256
 
 
+@pytest.mark.slow
 def test_bundled_model_segments_held_out_real_slices(segmenter):
     from FusionLungSegLib.training.data import load_finding_lungs
 
@@ -58,6 +59,7 @@ DEV_VOLUMES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", DEV_VOLUMES, ids=lambda p: p.split("/")[-1].split(".")[0])
 def test_skipping_lung_free_slices_changes_nothing_on_every_dev_volume(segmenter, path):
     """Labels with and without skipping the network on slices far from lung-sized air differ by under 1 mL.

@@ -66,3 +66,24 @@ def test_volume_and_mask_read_as_canonical_slices(tmp_path):
     assert s.spacing_yx[0] == pytest.approx((0.8, 0.7))
     np.testing.assert_array_equal(s.masks, s.images < -500)
     np.testing.assert_array_equal(s.images, hu[::-1])  # z flipped into inferior-to-superior order
+
+
+def test_default_data_folder_is_shared_data_beside_the_checkout(monkeypatch):
+    from conftest import REPO
+
+    from FusionLungSegLib.training.data import default_data_dir
+
+    monkeypatch.delenv("FUSIONLUNGSEG_DATA", raising=False)
+    assert default_data_dir() == REPO.parent / "shared" / "data"
+
+
+def test_recorded_slice_catalogues_ship_with_the_training_package():
+    """lung_free_slices.json and hu_labelled_slices.json sit beside training/data.py (and in the wheel)."""
+    from FusionLungSegLib.training.data import lung_free_catalogue
+
+    assert len(lung_free_catalogue()["volumes"]) >= 3
+    from pathlib import Path
+
+    import FusionLungSegLib.training.data as data_module
+
+    assert (Path(data_module.__file__).with_name("hu_labelled_slices.json")).is_file()

@@ -16,7 +16,7 @@ from conftest import DATA, require
 from FusionLungSegLib.evaluation.crops import compare_sides, crop_image, crop_suite, resample_like
 from FusionLungSegLib.nets import weights as W
 
-pytestmark = pytest.mark.skipif(not W.BUNDLED_SHA256, reason="no trained weights are bundled yet")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not W.BUNDLED_SHA256, reason="no trained weights are bundled yet")]
 
 CROPS = ("cardiac_220mm", "roi_right_lung", "roi_left_lung", "left_half", "anterior_60")
 

@@ -358,5 +358,6 @@ def c3n_lung_slices():
     return part
 
 
+@pytest.mark.slow
 def test_onnxruntime_masks_match_torch_on_a_real_volume(torch_and_onnx):
     _assert_same_masks(c3n_lung_slices(), torch_and_onnx, "C3N-00247 slices 30-70")

@@ -185,5 +185,6 @@ def test_openvino_masks_match_torch_on_the_sample(torch_and_openvino):
     _assert_same_masks(read_image(SAMPLE_DICOM), torch_and_openvino, "bundled sample")
 
 
+@pytest.mark.slow
 def test_openvino_masks_match_torch_on_a_real_volume(torch_and_openvino):
     _assert_same_masks(c3n_lung_slices(), torch_and_openvino, "C3N-00247 slices 30-70")

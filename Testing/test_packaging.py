@@ -23,7 +23,7 @@ from conftest import REPO
 
 from FusionLungSegLib.nets import weights as W
 
-pytestmark = pytest.mark.skipif(not W.BUNDLED_SHA256, reason="no trained weights are bundled yet")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not W.BUNDLED_SHA256, reason="no trained weights are bundled yet")]
 
 _SKIP_PARTS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", ".ruff_cache", "out", "runs"}
 

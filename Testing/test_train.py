@@ -11,6 +11,8 @@ from conftest import DATA, require, tiny_train_config
 from FusionLungSegLib.nets.weights import load_weights
 from FusionLungSegLib.training.train import TrainConfig, export_weights, train
 
+pytestmark = pytest.mark.slow  # every test here trains (a few minutes in all)
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

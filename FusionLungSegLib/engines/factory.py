@@ -23,7 +23,10 @@ from .openvino import OpenVinoEngine
 from .selection import ENGINE_PRECISIONS, engines_for, requested_backend, resolve_backend
 from .torch_engine import TorchEngine
 
-__all__ = ["load_network", "make_predictor", "default_batch_size", "int8_may_pay"]
+__all__ = ["ENGINES", "load_network", "make_predictor", "default_batch_size", "int8_may_pay"]
+
+#: The engines besides torch, by ``backend`` name (with what each runs in ``selection.ENGINE_PRECISIONS``)
+ENGINES = {"onnxruntime": OnnxRuntimeEngine, "openvino": OpenVinoEngine}
 
 
 def default_batch_size(device: torch.device, input_size: int) -> int:
@@ -97,7 +100,8 @@ def make_predictor(
     from_file = model is None
     if model is None:
         model, meta = load_network(weights, sha256)
-    size = int(input_size or meta.get("input_size") or 320)
+    default = int(meta.get("default_input_size") or meta.get("input_size") or 320)  # chosen at export, else the largest
+    size = int(input_size or default)
     if size < 32 or size % 32:
         raise ValueError(f"input_size must be a multiple of 32 (e.g. 160 or 320), got {size}")
     sizes = trained_sizes(meta)
@@ -105,7 +109,7 @@ def make_predictor(
         trained = f"{sizes[0]}-{sizes[1]}" if sizes[0] != sizes[1] else f"{sizes[1]}"
         warnings.warn(
             f"these weights were trained at {trained} px input, not {size} px: expect worse results "
-            f"(leave input_size unset to use {sizes[1]})",
+            f"(leave input_size unset to use {default})",
             stacklevel=3,
         )
     window = tuple(hu_window or meta.get("hu_window") or HU_WINDOW)
@@ -160,9 +164,7 @@ def _engine(model, dev, requested: str, resolved: str, backend: str, may_int8: b
     torch_precision = resolved if resolved != "int8" else resolve_precision("auto", dev)
     torch_engine = TorchEngine(model, dev, torch_precision, requested if requested != "int8" else "auto")
     others = [
-        (OpenVinoEngine if name == "openvino" else OnnxRuntimeEngine)(
-            torch_engine.model, key, size, precision=engine_precision, calibration=calibration
-        )
+        ENGINES[name](torch_engine.model, key, size, precision=engine_precision, calibration=calibration)
         for name in names
     ]
     if chosen == "auto" and others:

@@ -107,7 +107,9 @@ def default_data_dir() -> Path:
     env = os.environ.get("FUSIONLUNGSEG_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    from ..resources import PACKAGE_DIR
+
+    return PACKAGE_DIR.parent.parent / "shared" / "data"  # the checkout's folder, then its shared/ beside it
 
 
 def finding_lungs_path(data_dir: str | Path | None = None) -> Path:
