@@ -151,6 +151,7 @@ def test_real_ct_slices_from_the_sample(session, scene, logic, random_weights):
     assert set(qc) == {"ok", "flags", "notes", "measures"} and logic.qc_of(seg) == qc
 
 
+@pytest.mark.slow
 def test_console_int8_on_the_sample_matches_fp32(scene, logic):
     """The console call with precision int8 (ONNX Runtime), the bundled model: labels as fp32's."""
     from FusionLungSegLib.engines import selection

@@ -341,6 +341,7 @@ def _assert_same_masks(image, segs, what):
         assert other.qc["ok"] == reference.qc["ok"], f"{what}, {seg.precision} {seg.backend}: QC verdict"
 
 
+@pytest.mark.slow
 def test_onnxruntime_masks_match_torch_on_the_sample(torch_and_onnx):
     """fp32 in ONNX Runtime and its int8 copy against fp32 torch (the int8 graph is calibrated on this sample)."""
     from FusionLungSegLib.io import read_image

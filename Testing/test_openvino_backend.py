@@ -176,6 +176,7 @@ def torch_and_openvino(tmp_path_factory):
     yield from bundled_segmenters(tmp_path_factory, [(p, b) for p, b in configs if p != "bf16" or bf16_units])
 
 
+@pytest.mark.slow
 def test_openvino_masks_match_torch_on_the_sample(torch_and_openvino):
     """OpenVINO in fp32, bf16 and int8 against fp32 torch: Dice >= 0.995 per lung, same QC verdict."""
     from conftest import SAMPLE_DICOM
