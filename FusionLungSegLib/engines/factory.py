@@ -124,10 +124,9 @@ def make_predictor(
     def calibration() -> torch.Tensor:
         return sample_calibration_inputs(size, window, crop, enhance)
 
-    engine = _engine(
-        model, dev, requested, resolved, backend, int8_may_pay(meta, dev, size, backend), key, size, calibration
-    )
-    predictor = NetworkPredictor(
+    may_int8 = requested == "auto" and int8_may_pay(meta, dev, size, backend)
+    engine = _engine(model, dev, requested, resolved, backend, may_int8, key, size, calibration)
+    return NetworkPredictor(
         engine,
         input_size=size,
         hu_window=window,
@@ -140,17 +139,15 @@ def make_predictor(
         model=model,
         precision_requested=requested,
     )
-    return predictor
 
 
 def _engine(model, dev, requested: str, resolved: str, backend: str, may_int8: bool, key, size: int, calibration):
     """The engine for the request: one by name, or the candidates ``auto`` times on the first batch.
 
     ``requested``: the precision as asked; ``resolved``: as resolved for torch on ``dev`` ("int8" when asked
-    for by name); ``may_int8``: whether ``auto`` should time int8 against torch (:func:`int8_may_pay`).
+    for by name); ``may_int8``: precision ``auto`` and int8 worth timing against torch (:func:`int8_may_pay`).
     """
     pinned = requested_backend(backend)
-    may_int8 = requested == "auto" and may_int8
     if requested == "auto" and pinned in ENGINE_PRECISIONS:
         if may_int8:
             resolved = "int8"
