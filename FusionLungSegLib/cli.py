@@ -1,4 +1,5 @@
-"""Command line: ``python -m FusionLungSegLib {segment,train,export,evaluate,bench}`` (also ``fusionlungseg``)."""
+"""Command line: ``python -m FusionLungSegLib {segment,batch,train,inspect,export,evaluate,bench}`` (also
+``fusionlungseg``)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fusionlungseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_segment_parser, _train_parser, _inspect_parser, _export_parser, _evaluate_parser, _bench_parser):
+    for add in (
+        _segment_parser,
+        _batch_parser,
+        _train_parser,
+        _inspect_parser,
+        _export_parser,
+        _evaluate_parser,
+        _bench_parser,
+    ):
         add(sub)
     return parser
 
@@ -58,6 +67,51 @@ def _segment_parser(sub) -> None:
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--json", help="also write the report (volumes, QC verdict) to this JSON file")
+
+
+BATCH_DESCRIPTION = """\
+Segment many CT scans: files, folders (searched recursively), DICOM trees (one case per CT
+series; localizers, SEG, RTSTRUCT and other modalities are skipped and listed) or CSV
+manifests (columns case_id, path[, series_uid]).  Each case writes OUT/<case>.nii.gz,
+.seg.nrrd, .png, .json and, for DICOM input, .dcm (DICOM SEG); OUT/report.csv gets a row
+as each case finishes, and report.csv and report.parquet hold one row per case at the end.
+Run it again to go on after an interruption: a case done with the same model and options
+is kept.  A failing case never stops the batch; exit code 1 when any case failed.
+"""
+
+
+def _batch_parser(sub) -> None:
+    from .batch.work import FORMATS
+
+    b = sub.add_parser(
+        "batch",
+        help="segment a cohort: many files, folders, DICOM trees or a CSV manifest, with resume and a report",
+        description=BATCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("inputs", nargs="+", metavar="INPUT", help="CT file, folder, DICOM tree or .csv manifest")
+    b.add_argument("--out", required=True, help="output folder (outputs per case, report.csv, report.parquet)")
+    add_arguments(b, SegmentOptions)
+    b.add_argument(
+        "--formats",
+        default=",".join(FORMATS),
+        help=f"what each case writes, comma-separated, of {', '.join(FORMATS)} (dcm: DICOM input only); default: all",
+    )
+    b.add_argument(
+        "--engine",
+        choices=("local", "ray", "inline"),
+        default="local",
+        help="local: worker processes on this machine; ray: Ray actors (pip install 'fusionlungseg[ray]'); "
+        "inline: in this process, one case after another",
+    )
+    b.add_argument("--workers", type=int, default=1, help="worker processes (or Ray actors), each with its model")
+    b.add_argument("--threads", type=int, help="CPU threads per worker (default: this machine's cores / --workers)")
+    b.add_argument(
+        "--address",
+        help="with --engine ray: join this Ray cluster (e.g. 'auto', or ray://host:10001); default: a local Ray",
+    )
+    b.add_argument("--retry-failed", action="store_true", help="segment again the cases that failed before")
+    b.add_argument("--dry-run", action="store_true", help="list the cases (to do, kept, skipped) and stop")
 
 
 def _train_parser(sub) -> None:
@@ -177,6 +231,46 @@ def _cmd_segment(args) -> int:
     if not result.qc["ok"]:  # the result is written; the warning goes where a person reads it
         print("warning: check this result: " + " ".join(result.qc["flags"]), file=sys.stderr)
     return 0
+
+
+def _cmd_batch(args) -> int:
+    from .batch import BatchSpec, cases_to_do, find_cases, run_batch
+    from .batch.work import FORMATS
+
+    formats = tuple(f.strip().lstrip(".") for f in args.formats.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"--formats: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
+    spec = BatchSpec(str(Path(args.out)), from_args(SegmentOptions, args), formats)
+    cases, skipped = find_cases(args.inputs)
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    if not cases:
+        raise ValueError(f"no CT scans found in {', '.join(args.inputs)}")
+    if args.dry_run:
+        todo, kept = cases_to_do(cases, spec, args.retry_failed)
+        todo_ids = {c.case_id for c in todo}
+        for c in cases:
+            what = "to do" if c.case_id in todo_ids else "kept"
+            print(f"{what:6} {c.case_id}  {c.path}" + (f"  series {c.series_uid}" if c.series_uid else ""))
+        print(f"{len(todo)} to do, {len(kept)} kept, {len(skipped)} skipped", file=sys.stderr)
+        return 0
+    result = run_batch(
+        cases,
+        spec,
+        engine=args.engine,
+        workers=args.workers,
+        threads=args.threads,
+        address=args.address,
+        retry_failed=args.retry_failed,
+    )
+    failed = [c for c, r in result.rows.items() if r["status"] != "ok"]
+    print(
+        f"{len(result.ok)} segmented, {len(result.failed)} failed, {len(result.kept)} kept from before; "
+        f"report: {Path(args.out) / 'report.csv'}" + (f"; failed: {', '.join(failed)}" if failed else ""),
+        file=sys.stderr,
+    )
+    return result.exit_code
 
 
 def _cmd_inspect(args) -> int:
@@ -308,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {
         "segment": _cmd_segment,
+        "batch": _cmd_batch,
         "train": _cmd_train,
         "export": _cmd_export,
         "evaluate": _cmd_evaluate,

@@ -223,3 +223,21 @@ def test_the_upper_half_of_a_scan_keeps_a_lung_whose_apex_a_tumour_cut_off():
     labels, report = postprocess_with_report(_network_mask(p), p.spacing_zyx, hu=p.hu)
     _assert_lungs_exact(labels, p)
     assert not report.removed("far from the lungs")
+
+
+def test_label3d_uses_two_bytes_when_the_labels_fit_and_four_when_not():
+    from scipy import ndimage
+
+    from FusionLungSegLib.core.masks import CONN6, label3d, label_sizes
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((6, 40, 40)) > 0.6
+    labels, n = label3d(mask)
+    ref, n_ref = ndimage.label(mask, structure=CONN6)
+    assert labels.dtype == np.uint16 and n == n_ref
+    np.testing.assert_array_equal(labels, ref)
+    np.testing.assert_array_equal(label_sizes(labels, n), np.bincount(ref.ravel(), minlength=n + 1))
+    many = np.zeros((1, 600, 600), bool)
+    many[0, ::2, ::2] = True  # 90 000 isolated voxels: more labels than uint16 holds
+    labels, n = label3d(many)
+    assert n == 90000 and labels.dtype == np.int32 and labels.max() == 90000

@@ -18,11 +18,12 @@ from scipy import ndimage
 
 from . import masks
 from .masks import (
-    CONN6,
     block_fraction,
     block_majority,
     disc,
     fill_holes_axial,
+    label3d,
+    label_sizes,
     largest_component,
     touches_border,
 )
@@ -260,9 +261,9 @@ def slices_that_may_hold_lung(
     sz, sy, sx = (float(s) for s in spacing_zyx)
     step = max(1, int(round(working_mm / min(sy, sx))))
     air = (np.asarray(hu[:, ::step, ::step]) < air_hu) & body[:, ::step, ::step]
-    labels, n = ndimage.label(air, structure=CONN6)
+    labels, n = label3d(air)
     pixel_mm2 = sy * sx * step * step
-    sizes = np.bincount(labels.ravel(), minlength=n + 1) * pixel_mm2 * sz / 1000.0
+    sizes = label_sizes(labels, n) * pixel_mm2 * sz / 1000.0
     big = sizes >= lungs_ml
     big[0] = False
     if not big.any():

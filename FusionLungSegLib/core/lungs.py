@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from .body import outer_shell, shell_margin
 from .components import components_mask, midline_x, per_label, select_components, x_extent
-from .masks import CONN6, bounding_box, fill_holes_axial
+from .masks import bounding_box, fill_holes_axial, label3d
 
 
 @dataclass
@@ -169,7 +169,7 @@ def select_lungs(
     if body is not None:
         midline = (midline_x(body) if body.any() else mask.shape[2] / 2) - (crop[2].start or 0)
         body = body[crop]
-    labels, n = ndimage.label(mask, structure=CONN6)
+    labels, n = label3d(mask)
     shell = outer_shell(body, spacing_zyx) if body is not None else None
     comps = _component_stats(labels, n, spacing_zyx, body, shell, midline)
     del shell

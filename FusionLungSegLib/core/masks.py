@@ -13,6 +13,8 @@ __all__ = [
     "fill_holes_axial",
     "bounding_box",
     "largest_component",
+    "label3d",
+    "label_sizes",
     "block_majority",
     "block_fraction",
     "touches_border",
@@ -65,12 +67,29 @@ def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     return tuple(box)
 
 
+def label3d(mask: np.ndarray, structure: np.ndarray = CONN6) -> tuple[np.ndarray, int]:
+    """``ndimage.label`` with 2-byte labels when they fit (they nearly always do), else 4: half the memory
+    of the default on a whole volume (an 800-slice scan: 400 MB instead of 800 MB)."""
+    try:
+        return ndimage.label(mask, structure=structure, output=np.uint16)
+    except RuntimeError:  # more than 65535 components
+        return ndimage.label(mask, structure=structure)
+
+
+def label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxel count of labels 0..n, slab by slab (``np.bincount`` of the whole volume makes an 8-byte copy)."""
+    sizes = np.zeros(n + 1, np.int64)
+    for z in range(0, labels.shape[0], 16):
+        sizes += np.bincount(labels[z : z + 16].ravel(), minlength=n + 1)
+    return sizes
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 6-connected component of a 3D mask (all False when empty)."""
-    labels, n = ndimage.label(mask, structure=CONN6)
+    labels, n = label3d(mask)
     if n == 0:
         return np.zeros(mask.shape, bool)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes = label_sizes(labels, n)
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
 

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from .components import axial_components, midline_x, per_label, select_components, x_extent
 from .labels import LEFT_LUNG, RIGHT_LUNG
-from .masks import CONN6, disc
+from .masks import disc, label3d
 
 
 def _split_component_2d(comp: np.ndarray, midline: float) -> tuple[np.ndarray, np.ndarray]:
@@ -190,12 +190,11 @@ def split_sides(
     smaller than that fraction of the side's largest is dropped.  Returns (labels uint8, basis).
     """
     mask = np.asarray(mask, dtype=bool)
-    out = np.zeros(mask.shape, np.uint8)
     if not mask.any():
-        return out, SIDES_TWO_LUNGS
+        return np.zeros(mask.shape, np.uint8), SIDES_TWO_LUNGS
     spacing_zyx = tuple(float(s) for s in (spacing_zyx or (1.0, 1.0, 1.0)))
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    labels, n = ndimage.label(mask, structure=CONN6)
+    labels, n = label3d(mask)
     sizes = per_label(labels, n)
     order = np.argsort(-sizes)
     xs = per_label(labels, n, x_weighted=True) / np.maximum(sizes, 1)
@@ -213,6 +212,8 @@ def split_sides(
                 if on_side.any():
                     side[on_side & (sizes < island_fraction * sizes[on_side].max())] = 0
         return np.concatenate(([0], side)).astype(np.uint8)[labels], basis
+    del labels  # the rules below need none of the components: their memory is free for the next
+    out = np.zeros(mask.shape, np.uint8)
     midline, basis = _touching_lungs_midline(mask, spacing_zyx, big_fraction, erosion_mm), SIDES_GAP
     if midline is None and body is not None:
         if _body_whole_across(body, mask, spacing_zyx[2]):
@@ -252,7 +253,7 @@ def _drop_islands(out: np.ndarray, island_fraction: float) -> np.ndarray:
             part = out == side
             if not part.any():
                 continue
-            lab, k = ndimage.label(part, structure=CONN6)
+            lab, k = label3d(part)
             if k > 1:
                 counts = per_label(lab, k)
                 out[select_components(lab, k, np.flatnonzero(counts < island_fraction * counts.max()) + 1)] = 0
@@ -269,7 +270,7 @@ def _touching_lungs_midline(mask: np.ndarray, spacing_zyx, big_fraction: float, 
     eroded = np.empty_like(mask)
     for z in range(mask.shape[0]):
         eroded[z] = cv2.erode(mask[z].view(np.uint8), kernel) > 0 if mask[z].any() else False
-    labels, n = ndimage.label(eroded, structure=CONN6)
+    labels, n = label3d(eroded)
     if n < 2:
         return None
     sizes = per_label(labels, n)

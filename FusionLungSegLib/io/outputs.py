@@ -156,14 +156,15 @@ def check_dicom_seg_request(source: str | Path, output: str | Path, dicom_seg: s
     return targets
 
 
-def dicom_source_files(source: str | Path | None) -> list[Path]:
-    """The DICOM files the label map was computed from, in slice order (a series folder or one file)."""
+def dicom_source_files(source: str | Path | None, series_uid: str | None = None) -> list[Path]:
+    """The DICOM files the label map was computed from, in slice order (a series folder or one file;
+    ``series_uid`` picks the series in a folder that holds several)."""
     if source is None:
         raise ValueError(f"{_DICOM_SEG_NEEDS_DICOM}: pass the DICOM folder the labels were computed from (source=)")
     src = Path(source)
     if src.is_dir():
         try:
-            return [Path(f) for f in dicom_series_files(src)]
+            return [Path(f) for f in dicom_series_files(src, series_uid)]
         except ValueError as exc:
             raise ValueError(f"{_DICOM_SEG_NEEDS_DICOM}: {exc}") from None
     if src.is_file() and _reads_as_dicom(src):
@@ -298,8 +299,10 @@ def write_dicom_seg(
     *,
     model: str | None = None,
     series_description: str = "Lungs (FusionLungSeg)",
+    series_uid: str | None = None,
 ) -> dict:
-    """Write ``labels`` as a DICOM SEG of the DICOM series ``source`` (the folder or file they came from).
+    """Write ``labels`` as a DICOM SEG of the DICOM series ``source`` (the folder or file they came from;
+    ``series_uid``: the series, in a folder that holds several).
 
     Binary segmentation with segment 1 "right lung" and 2 "left lung" (SNOMED CT:
     Anatomical Structure / Lung with laterality Right or Left), Slicer's lung colour,
@@ -318,7 +321,7 @@ def write_dicom_seg(
             "(Python 3.10 or newer)"
         ) from None
 
-    files = dicom_source_files(source)
+    files = dicom_source_files(source, series_uid)
     arr = _label_array(labels)
     datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
     filled = _complete_sources(datasets, files)
