@@ -104,7 +104,12 @@ def _batch_parser(sub) -> None:
         help="local: worker processes on this machine; ray: Ray actors (pip install 'fusionlungseg[ray]'); "
         "inline: in this process, one case after another",
     )
-    b.add_argument("--workers", type=int, default=1, help="worker processes (or Ray actors), each with its model")
+    b.add_argument(
+        "--workers",
+        default="auto",
+        help="worker processes (or Ray actors), each with its model; auto: one per core, as many as memory "
+        "holds at 4 GB each (one on CUDA)",
+    )
     b.add_argument("--threads", type=int, help="CPU threads per worker (default: this machine's cores / --workers)")
     b.add_argument(
         "--address",
@@ -255,11 +260,13 @@ def _cmd_batch(args) -> int:
             print(f"{what:6} {c.case_id}  {c.path}" + (f"  series {c.series_uid}" if c.series_uid else ""))
         print(f"{len(todo)} to do, {len(kept)} kept, {len(skipped)} skipped", file=sys.stderr)
         return 0
+    if args.workers != "auto" and not args.workers.isdigit():
+        raise ValueError(f"--workers must be a number or auto, got {args.workers!r}")
     result = run_batch(
         cases,
         spec,
         engine=args.engine,
-        workers=args.workers,
+        workers=None if args.workers == "auto" else int(args.workers),
         threads=args.threads,
         address=args.address,
         retry_failed=args.retry_failed,

@@ -326,3 +326,13 @@ def test_options_key_ignores_what_does_not_change_results():
     b = BatchSpec("o", SegmentOptions(device="cuda", batch_size=8))
     assert a.options_key() == b.options_key()
     assert a.options_key() != BatchSpec("o", SegmentOptions(fast=True)).options_key()
+
+
+def test_default_workers_one_per_core_as_memory_allows():
+    from FusionLungSegLib.batch.run import default_workers
+
+    cpu = SegmentOptions(device="cpu")
+    assert default_workers(cpu, cores=2, memory_gb=24) == 2
+    assert default_workers(cpu, cores=16, memory_gb=24) == 6  # 4 GB each
+    assert default_workers(cpu, cores=8, memory_gb=2) == 1
+    assert default_workers(SegmentOptions(device="cuda"), cores=8, memory_gb=64) == 1

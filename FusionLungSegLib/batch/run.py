@@ -14,7 +14,7 @@ from .cases import Case
 from .report import ReportLog, latest_rows, read_rows, write_final_report
 from .work import BatchSpec, case_outputs, model_identity
 
-__all__ = ["BatchResult", "run_batch", "cases_to_do", "available_cores", "ENGINES"]
+__all__ = ["BatchResult", "run_batch", "cases_to_do", "available_cores", "default_workers", "ENGINES"]
 
 #: local: worker processes on this machine; ray: Ray actors; inline: in this process, one case after another
 #: (no worker processes: inside 3D Slicer, in a debugger)
@@ -38,6 +38,30 @@ class BatchResult:
         if self.interrupted:
             return 130
         return 1 if any(r["status"] != "ok" for r in self.rows.values()) else 0
+
+
+#: memory a worker may need on a large volume (bench/batch.py --memory: 2.9 GB peak on 800 slices)
+WORKER_MEMORY_GB = 4.0
+
+
+def default_workers(options, cores: int | None = None, memory_gb: float | None = None) -> int:
+    """Workers for ``--workers auto``: one per core (reading, post-processing and writing are
+    single-threaded, so on 2 cores 2 workers x 1 thread ran 31 % more cases per hour than 1 x 2), as many as
+    memory holds at :data:`WORKER_MEMORY_GB` each; one on CUDA (the workers would share the GPU)."""
+    if options.device.startswith("cuda"):
+        return 1
+    if options.device == "auto" and options.method == "network":
+        import torch
+
+        if torch.cuda.is_available():
+            return 1
+    cores = cores or available_cores()
+    if memory_gb is None:
+        try:
+            memory_gb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
+        except (ValueError, OSError, AttributeError):
+            memory_gb = WORKER_MEMORY_GB
+    return max(1, min(cores, int(memory_gb // WORKER_MEMORY_GB)))
 
 
 def available_cores() -> int:
@@ -94,7 +118,7 @@ def run_batch(
     cases: list[Case],
     spec: BatchSpec,
     engine: str = "local",
-    workers: int = 1,
+    workers: int | None = 1,
     threads: int | None = None,
     address: str | None = None,
     retry_failed: bool = False,
@@ -102,11 +126,14 @@ def run_batch(
     on_row: Callable[[dict], None] | None = None,
 ) -> BatchResult:
     """Segment the ``cases`` not already done (see :func:`cases_to_do`) with ``engine`` (:data:`ENGINES`),
-    ``workers`` workers of ``threads`` CPU threads each (None: this machine's cores shared out).  Each case's
+    ``workers`` workers (None: :func:`default_workers`) of ``threads`` CPU threads each (None: this machine's
+    cores shared out).  Each case's
     row is appended to ``OUT/report.csv`` as it finishes; at the end (also after Ctrl-C) the report is
     rewritten with one row per case and ``report.parquet`` is written.  Never raises for a bad case."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if workers is None:
+        workers = default_workers(spec.options) if engine != "inline" else 1
     if workers < 1 or (threads is not None and threads < 1):
         raise ValueError("--workers and --threads must be 1 or more")
     stream = stream or sys.stderr
