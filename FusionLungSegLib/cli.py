@@ -207,20 +207,12 @@ def _cmd_segment(args) -> int:
     dicom_written = [write_dicom_seg(labels, args.input, p, model=model) for p in dicom_segs]
     if out not in dicom_segs:
         write_image(labels, out)
-    volumes = result.volumes_ml
+    from .segmenter import segmentation_report
+
     report = {
         "input": str(args.input),
         "output": str(out),
-        "right_lung_ml": volumes["right lung"],
-        "left_lung_ml": volumes["left lung"],
-        "slices": int(image.GetSize()[2]),
-        "seconds": round(time.monotonic() - t0, 1),
-        "device": str(seg.device),
-        "input_size": seg.input_size,
-        "slices_skipped": result.qc["measures"].get("slices_skipped", 0),
-        "qc": result.qc,
-        "precision": seg.precision,
-        "backend": seg.backend,
+        **segmentation_report(image, result, seg, time.monotonic() - t0),
     }
     if dicom_written:
         report["dicom_seg"] = dicom_written

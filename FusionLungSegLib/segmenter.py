@@ -42,6 +42,7 @@ __all__ = [
     "LEFT_LUNG",
     "LABEL_NAMES",
     "DEFAULT_THRESHOLD_HU",
+    "segmentation_report",
 ]
 
 LABEL_NAMES = {s.value: s.name for s in LUNG_SEGMENTS}  # label value -> segment name
@@ -219,3 +220,21 @@ class HUThresholdSegmenter(_Segmenter):
         super().__init__(HUThresholdPredictor(threshold_hu), skip_slices)
         self.threshold_hu = float(threshold_hu)
         self.meta = {"architecture": "HU threshold", "threshold_hu": self.threshold_hu, "seed": 0}
+
+
+def segmentation_report(image, result: SegmentationResult, segmenter: _Segmenter, seconds: float) -> dict:
+    """What a front door reports of one run (``segment --json``, each case of ``batch``): lung volumes in mL,
+    slices, seconds, the device, input size, precision and engine the run used, and the QC verdict."""
+    volumes = result.volumes_ml
+    return {
+        "right_lung_ml": volumes["right lung"],
+        "left_lung_ml": volumes["left lung"],
+        "slices": int(image.GetSize()[2]),
+        "seconds": round(seconds, 1),
+        "device": str(segmenter.device),
+        "input_size": segmenter.input_size,
+        "slices_skipped": result.qc["measures"].get("slices_skipped", 0),
+        "qc": result.qc,
+        "precision": segmenter.precision,
+        "backend": segmenter.backend,
+    }

@@ -11,7 +11,7 @@ from multiprocessing.connection import wait
 from .cases import Case
 from .work import BatchSpec
 
-__all__ = ["run_local", "WorkerStartError", "died_row"]
+__all__ = ["run_local", "WorkerStartError", "retry_or_fail"]
 
 #: A case is tried at most this many times when its worker dies under it.
 MAX_ATTEMPTS = 2
@@ -21,15 +21,22 @@ class WorkerStartError(RuntimeError):
     """A worker could not load the model (every case would fail the same way): the batch stops."""
 
 
-def died_row(case: Case, attempt: int, why: str) -> dict:
-    return {
-        "case": case.case_id,
-        "input": case.path,
-        "series_uid": case.series_uid or "",
-        "status": "failed",
-        "attempts": attempt,
-        "error": f"WorkerDied: {why} on each of {attempt} attempts",
-    }
+def retry_or_fail(queue: deque, case: Case, attempt: int, why: str, on_row: Callable[[dict], None]) -> None:
+    """The worker running ``case`` died (``why``): queue the case first for another try, or, after
+    :data:`MAX_ATTEMPTS`, report it failed."""
+    if attempt < MAX_ATTEMPTS:
+        queue.appendleft((case, attempt + 1))
+        return
+    on_row(
+        {
+            "case": case.case_id,
+            "input": case.path,
+            "series_uid": case.series_uid or "",
+            "status": "failed",
+            "attempts": attempt,
+            "error": f"WorkerDied: {why} on each of {attempt} attempts",
+        }
+    )
 
 
 def _worker_main(spec: BatchSpec, threads: int | None, conn) -> None:
@@ -117,12 +124,7 @@ def _serve(s: _Slot, ctx, spec, threads, queue: deque, on_row) -> _Slot:
         pass
     s.process.join(timeout=5)
     if s.job is not None:
-        case, attempt = s.job
-        why = f"worker process died (exit code {s.process.exitcode})"
-        if attempt < MAX_ATTEMPTS:
-            queue.appendleft((case, attempt + 1))
-        else:
-            on_row(died_row(case, attempt, why))
+        retry_or_fail(queue, *s.job, f"worker process died (exit code {s.process.exitcode})", on_row)
     elif not s.ready:
         raise WorkerStartError(f"a batch worker died while loading the model (exit code {s.process.exitcode})")
     return _Slot(ctx, spec, threads)

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from .cases import Case
-from .local import MAX_ATTEMPTS, WorkerStartError, died_row
+from .local import WorkerStartError, retry_or_fail
 from .work import BatchSpec
 
 __all__ = ["run_ray"]
@@ -78,11 +78,7 @@ def run_ray(
                 on_row(ray.get(done[0]))
                 idle.append(actor)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
-                why = f"Ray actor died ({type(exc).__name__})"
-                if attempt < MAX_ATTEMPTS:
-                    queue.appendleft((case, attempt + 1))
-                else:
-                    on_row(died_row(case, attempt, why))
+                retry_or_fail(queue, case, attempt, f"Ray actor died ({type(exc).__name__})", on_row)
                 actors.remove(actor)
                 replacement = _start(ray, actor_cls, spec, threads, 1)[0]
                 actors.append(replacement)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..options import SegmentOptions
 from .cases import Case
 
-__all__ = ["FORMATS", "BatchSpec", "Worker", "case_outputs", "segment_report", "model_identity"]
+__all__ = ["FORMATS", "BatchSpec", "Worker", "case_outputs", "model_identity"]
 
 #: What a case can write: label map (.nii.gz), Slicer segmentation (.seg.nrrd), overlay picture (.png), the
 #: JSON report ``segment --json`` writes (.json) and, for DICOM input, a DICOM SEG (.dcm).
@@ -57,23 +57,6 @@ def case_outputs(spec: BatchSpec, case: Case) -> dict[str, Path]:
     return {f: base.with_name(f"{base.name}.{f}") for f in spec.formats if f != "dcm" or case.is_dicom}
 
 
-def segment_report(image, result, segmenter, seconds: float) -> dict:
-    """The report of one segmentation, as ``segment --json`` writes it (volumes in mL, QC, engine)."""
-    volumes = result.volumes_ml
-    return {
-        "right_lung_ml": volumes["right lung"],
-        "left_lung_ml": volumes["left lung"],
-        "slices": int(image.GetSize()[2]),
-        "seconds": round(seconds, 1),
-        "device": str(getattr(segmenter, "device", "cpu")),
-        "input_size": getattr(segmenter, "input_size", None),
-        "slices_skipped": result.qc["measures"].get("slices_skipped", 0),
-        "qc": result.qc,
-        "precision": getattr(segmenter, "precision", "none"),
-        "backend": getattr(segmenter, "backend", "none"),
-    }
-
-
 class Worker:
     """Holds one segmenter (the model is loaded once) and segments cases one after another with ``threads``
     CPU threads.  :meth:`process` never raises for a bad case: the row says ``failed`` with the error."""
@@ -87,11 +70,10 @@ class Worker:
         self.segmenter = spec.options.segmenter(progress=False)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.model_sha256 = model_identity(spec.options)
-        meta = getattr(self.segmenter, "meta", None)
         if spec.options.method == "network":
-            from ..nets.weights import describe_model
+            from ..nets.weights import model_name
 
-            self.model_version = describe_model(meta, spec.options.weights).split(" sha256:")[0]
+            self.model_version = model_name(self.segmenter.meta)
         else:
             self.model_version = spec.options.method
 
@@ -123,13 +105,17 @@ class Worker:
             if fmt in outputs:
                 write_image(labels, outputs[fmt])
         if "dcm" in outputs:
-            model = f"{self.model_version} sha256:{self.model_sha256[:12]}"
+            from ..nets.weights import describe_model
+
+            model = describe_model(self.segmenter.meta, sha256=self.model_sha256)
             write_dicom_seg(labels, case.path, outputs["dcm"], model=model, series_uid=case.series_uid)
         if "png" in outputs:
             from ..io.png import overlay_png
 
             overlay_png(image, labels, outputs["png"])
-        report = segment_report(image, result, self.segmenter, time.monotonic() - t0)
+        from ..segmenter import segmentation_report
+
+        report = segmentation_report(image, result, self.segmenter, time.monotonic() - t0)
         report = {"input": case.path, "case": case.case_id, **report, "model": self.model_version}
         if "json" in outputs:
             from ..io import atomic_write_text

@@ -23,8 +23,8 @@ from .masks import (
     disc,
     fill_holes_axial,
     label3d,
-    label_sizes,
     largest_component,
+    per_label,
     touches_border,
 )
 
@@ -263,9 +263,7 @@ def slices_that_may_hold_lung(
     air = (np.asarray(hu[:, ::step, ::step]) < air_hu) & body[:, ::step, ::step]
     labels, n = label3d(air)
     pixel_mm2 = sy * sx * step * step
-    sizes = label_sizes(labels, n) * pixel_mm2 * sz / 1000.0
-    big = sizes >= lungs_ml
-    big[0] = False
+    big = np.concatenate(([False], per_label(labels, n) * pixel_mm2 * sz / 1000.0 >= lungs_ml))
     if not big.any():
         return np.ones(n_z, bool)
     area = np.array([np.count_nonzero(big[labels[z]]) for z in range(n_z)]) * pixel_mm2

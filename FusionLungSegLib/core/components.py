@@ -6,25 +6,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .masks import AXIAL4, bounding_box
+from .masks import AXIAL4, bounding_box, per_label  # per_label: kept importable from here
 
 __all__ = ["per_label", "select_components", "components_mask", "axial_components", "midline_x", "x_extent"]
-
-
-def per_label(labels: np.ndarray, n: int, where: np.ndarray | None = None, x_weighted: bool = False) -> np.ndarray:
-    """Voxel count (or sum of x) of labels 1..n, slab by slab so no full-volume temporaries are made."""
-    out = np.zeros(n + 1, np.float64)
-    x = np.arange(labels.shape[2], dtype=np.float64)
-    for z in range(0, labels.shape[0], 16):
-        lab = labels[z : z + 16]
-        if where is not None:
-            lab = lab[where[z : z + 16]]
-            out += np.bincount(lab, minlength=n + 1)
-        elif x_weighted:
-            out += np.bincount(lab.ravel(), weights=np.broadcast_to(x, lab.shape).ravel(), minlength=n + 1)
-        else:
-            out += np.bincount(lab.ravel(), minlength=n + 1)
-    return out[1:]
 
 
 def select_components(labels: np.ndarray, n: int, keep_ids) -> np.ndarray:

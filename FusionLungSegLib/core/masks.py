@@ -14,7 +14,7 @@ __all__ = [
     "bounding_box",
     "largest_component",
     "label3d",
-    "label_sizes",
+    "per_label",
     "block_majority",
     "block_fraction",
     "touches_border",
@@ -76,12 +76,20 @@ def label3d(mask: np.ndarray, structure: np.ndarray = CONN6) -> tuple[np.ndarray
         return ndimage.label(mask, structure=structure)
 
 
-def label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
-    """Voxel count of labels 0..n, slab by slab (``np.bincount`` of the whole volume makes an 8-byte copy)."""
-    sizes = np.zeros(n + 1, np.int64)
+def per_label(labels: np.ndarray, n: int, where: np.ndarray | None = None, x_weighted: bool = False) -> np.ndarray:
+    """Voxel count (or sum of x) of labels 1..n, slab by slab so no full-volume temporaries are made."""
+    out = np.zeros(n + 1, np.float64)
+    x = np.arange(labels.shape[2], dtype=np.float64)
     for z in range(0, labels.shape[0], 16):
-        sizes += np.bincount(labels[z : z + 16].ravel(), minlength=n + 1)
-    return sizes
+        lab = labels[z : z + 16]
+        if where is not None:
+            lab = lab[where[z : z + 16]]
+            out += np.bincount(lab, minlength=n + 1)
+        elif x_weighted:
+            out += np.bincount(lab.ravel(), weights=np.broadcast_to(x, lab.shape).ravel(), minlength=n + 1)
+        else:
+            out += np.bincount(lab.ravel(), minlength=n + 1)
+    return out[1:]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -89,9 +97,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = label3d(mask)
     if n == 0:
         return np.zeros(mask.shape, bool)
-    sizes = label_sizes(labels, n)
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    return labels == int(np.argmax(per_label(labels, n))) + 1
 
 
 def block_majority(mask: np.ndarray, step: int) -> np.ndarray:

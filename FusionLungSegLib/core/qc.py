@@ -63,7 +63,7 @@ def missed_lung_ml(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     (small, compact cross-sections near the lungs' middle)."""
     from scipy import ndimage
 
-    from .masks import AXIAL4, bounding_box, label3d, label_sizes
+    from .masks import AXIAL4, bounding_box, label3d, per_label
     from .postprocess import remove_central_airways
 
     lung = labels > 0
@@ -87,7 +87,7 @@ def missed_lung_ml(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     near &= air
     touching = np.unique(components[near])
     touching = touching[touching > 0]
-    count = label_sizes(components, n)[touching].sum()
+    count = per_label(components, n)[touching - 1].sum()
     return float(count) * float(np.prod([float(s) for s in spacing_zyx])) / 1000.0
 
 

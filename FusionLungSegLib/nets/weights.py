@@ -18,6 +18,7 @@ __all__ = [
     "resources_dir",
     "load_weights",
     "describe_model",
+    "model_name",
 ]
 
 #: File name of the bundled model inside ``Resources/``.
@@ -124,18 +125,22 @@ def load_weights(path: str | Path | None = None, sha256: str | None = None) -> t
     return state, meta
 
 
-def describe_model(meta: dict | None, weights: str | Path | None = None) -> str:
-    """Model version for DICOM SEG: the weights' own ``version`` if recorded, else architecture, training
-    size and epochs from their metadata, with the file's sha256 (bundled: the recorded one)."""
+def model_name(meta: dict | None) -> str:
+    """The weights' own ``version`` if recorded, else architecture, training size and epochs from their
+    metadata (e.g. "FusionLungNet 224px 6 epochs")."""
     meta = meta or {}
     if meta.get("version"):
-        name = str(meta["version"])
-    else:
-        parts = [str(meta.get("architecture") or "FusionLungNet")]
-        if meta.get("input_size"):
-            parts.append(f"{meta['input_size']}px")
-        if meta.get("epochs"):
-            parts.append(f"{meta['epochs']} epochs")
-        name = " ".join(parts)
-    digest = BUNDLED_SHA256 if weights is None else sha256_of(weights)
-    return f"{name} sha256:{digest[:12]}" if digest else name
+        return str(meta["version"])
+    parts = [str(meta.get("architecture") or "FusionLungNet")]
+    if meta.get("input_size"):
+        parts.append(f"{meta['input_size']}px")
+    if meta.get("epochs"):
+        parts.append(f"{meta['epochs']} epochs")
+    return " ".join(parts)
+
+
+def describe_model(meta: dict | None, weights: str | Path | None = None, sha256: str | None = None) -> str:
+    """Model version for DICOM SEG: :func:`model_name` with the file's sha256 (``sha256`` if already known,
+    else hashed; bundled: the recorded one)."""
+    digest = sha256 or (BUNDLED_SHA256 if weights is None else sha256_of(weights))
+    return f"{model_name(meta)} sha256:{digest[:12]}" if digest else model_name(meta)
