@@ -239,7 +239,7 @@ def _cmd_batch(args) -> int:
     if unknown or not formats:
         raise ValueError(f"--formats: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
     spec = BatchSpec(str(Path(args.out)), from_args(SegmentOptions, args), formats)
-    cases, skipped = find_cases(args.inputs)
+    cases, skipped = find_cases(args.inputs, exclude=args.out)
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
     if not cases:

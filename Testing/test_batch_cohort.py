@@ -91,6 +91,19 @@ def test_find_cases_recursive_dicom_series_and_skips(tmp_path):
     assert read_image(cases[1].path, cases[1].series_uid).GetSize()[2] == 2
 
 
+def test_outputs_inside_the_input_folder_are_not_taken_for_scans(tmp_path, random_weights):
+    scans = tmp_path / "scans"
+    _phantoms(scans, 1)
+    out = scans / "results"  # the outputs (.nii.gz, .seg.nrrd) land inside the folder searched
+    args = [scans, "--out", out, *_small_model(random_weights), "--formats", "nii.gz,seg.nrrd"]
+    assert _cli(args, tmp_path).returncode == 0
+    (scans / "old_lungs.seg.nrrd").write_bytes((out / "p00.seg.nrrd").read_bytes())  # a segmentation, no CT
+    cases, _ = find_cases([scans], exclude=out)
+    assert [c.case_id for c in cases] == ["p00"]
+    r = _cli([*args, "--dry-run"], tmp_path)
+    assert r.returncode == 0 and r.stdout.split() == ["kept", "p00", str((scans / "p00.nrrd").resolve())]
+
+
 def test_manifest_and_duplicate_ids(tmp_path):
     scans = _phantoms(tmp_path / "scans", 2)
     manifest = tmp_path / "cohort.csv"

@@ -10,10 +10,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io.files import IMAGE_SUFFIXES, suffix
+
 __all__ = ["Case", "Skipped", "find_cases", "read_manifest", "SCAN_SUFFIXES"]
 
-#: CT files a folder search takes as cases (DICOM files are grouped into series instead).
-SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: CT files a folder search takes as cases (DICOM files are grouped into series instead; a ``.seg.nrrd`` is a
+#: segmentation, not a scan).
+SCAN_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s != ".dcm")
 _CT_MODALITY = "CT"
 _DICOM_TAGS = ["Modality", "SeriesInstanceUID", "ImageType", "SOPClassUID"]
 #: Storage classes that hold no CT image to segment (a series of them is skipped even without a Modality)
@@ -52,11 +55,9 @@ class Skipped:
 
 
 def _scan_stem(name: str) -> str | None:
-    low = name.lower()
-    for s in sorted(SCAN_SUFFIXES, key=len, reverse=True):
-        if low.endswith(s):
-            return name[: -len(s)]
-    return None
+    """The file name without its suffix if it names a CT scan, else None."""
+    s = suffix(Path(name))
+    return name[: -len(s)] if s in SCAN_SUFFIXES else None
 
 
 def _safe_id(text: str) -> str:
@@ -100,8 +101,8 @@ def _series_in_folder(folder: Path, files: list[Path], skipped: list[Skipped]) -
     return found
 
 
-def _search_folder(root: Path, cases: list[Case], skipped: list[Skipped], prefix: str) -> None:
-    seen: set[str] = set()
+def _search_folder(root: Path, cases: list[Case], skipped: list[Skipped], prefix: str, exclude: set[str]) -> None:
+    seen = set(exclude)
     for folder, dirs, names in os.walk(root, followlinks=True):  # linked folders too, each real one once
         real = os.path.realpath(folder)
         if real in seen:
@@ -150,10 +151,12 @@ def read_manifest(path: str | Path) -> list[Case]:
     return cases
 
 
-def find_cases(inputs: list[str | Path]) -> tuple[list[Case], list[Skipped]]:
+def find_cases(inputs: list[str | Path], exclude: str | Path | None = None) -> tuple[list[Case], list[Skipped]]:
     """The cases in ``inputs`` (files, folders searched recursively, DICOM trees, ``.csv`` manifests), in a
-    stable order, and what was left out with the reason.  Raises ``FileNotFoundError`` for a missing input and
-    ``ValueError`` for two cases with one id."""
+    stable order, and what was left out with the reason.  The folder ``exclude`` (the batch's output folder)
+    is not searched, so a batch whose outputs lie inside its input never takes them for scans.  Raises
+    ``FileNotFoundError`` for a missing input and ``ValueError`` for two cases with one id."""
+    skip_folders = {os.path.realpath(exclude)} if exclude is not None else set()
     cases: list[Case] = []
     skipped: list[Skipped] = []
     several = len(inputs) > 1
@@ -166,7 +169,7 @@ def find_cases(inputs: list[str | Path]) -> tuple[list[Case], list[Skipped]]:
         elif p.is_file():
             cases.append(Case(_safe_id(_scan_stem(p.name) or p.stem), str(p.resolve())))
         else:
-            _search_folder(p, cases, skipped, _safe_id(p.resolve().name) if several else "")
+            _search_folder(p, cases, skipped, _safe_id(p.resolve().name) if several else "", skip_folders)
     seen: dict[str, str] = {}
     for c in cases:
         if c.case_id in seen:

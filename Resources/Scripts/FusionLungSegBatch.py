@@ -63,7 +63,7 @@ def run(argv=None) -> int:
     from FusionLungSegLib.batch import BatchSpec, find_cases, run_batch
     from FusionLungSegLib.options import SegmentOptions
 
-    cases, skipped = find_cases([args.input])
+    cases, skipped = find_cases([args.input], exclude=args.output)
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}")
     if not cases:
