@@ -94,25 +94,17 @@ class Worker:
         return row
 
     def _segment(self, case: Case, t0: float) -> dict:
-        from ..io import read_image, write_image
-        from ..io.outputs import write_dicom_seg
+        from ..io import read_image, write_outputs
 
         image = read_image(case.path, case.series_uid)
         result = self.segmenter.run(image)
-        labels = result.labels
         outputs = case_outputs(self.spec, case)
-        for fmt in ("nii.gz", "seg.nrrd"):
-            if fmt in outputs:
-                write_image(labels, outputs[fmt])
+        model = None
         if "dcm" in outputs:
             from ..nets.weights import describe_model
 
             model = describe_model(self.segmenter.meta, sha256=self.model_sha256)
-            write_dicom_seg(labels, case.path, outputs["dcm"], model=model, series_uid=case.series_uid)
-        if "png" in outputs:
-            from ..io.png import overlay_png
-
-            overlay_png(image, labels, outputs["png"])
+        write_outputs(image, result.labels, outputs, source=case.path, series_uid=case.series_uid, model=model)
         from ..segmenter import segmentation_report
 
         report = segmentation_report(image, result, self.segmenter, time.monotonic() - t0)

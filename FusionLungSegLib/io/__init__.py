@@ -3,7 +3,7 @@ DICOM SEG and PNG overlays."""
 
 from .files import IMAGE_SUFFIXES, LABEL_SUFFIXES, atomic_output, atomic_write_text, output_stem
 from .images import dicom_series_files, read_image, to_file_grid
-from .write import check_output_path, write_image
+from .write import check_output_path, write_image, write_outputs
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -16,4 +16,5 @@ __all__ = [
     "read_image",
     "to_file_grid",
     "write_image",
+    "write_outputs",
 ]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .files import LABEL_SUFFIXES, atomic_output, suffix
 
-__all__ = ["check_output_path", "write_image"]
+__all__ = ["check_output_path", "write_image", "write_outputs"]
 
 
 def check_output_path(path: str | Path) -> Path:
@@ -42,3 +42,24 @@ def write_image(image, path: str | Path, compress: bool = True, *, source=None, 
     with atomic_output(p) as tmp:
         sitk.WriteImage(image, str(tmp), compress)
     return p
+
+
+def write_outputs(
+    image, labels, outputs: dict, *, source=None, series_uid: str | None = None, model: str | None = None
+) -> dict:
+    """Write the label map ``labels`` (on the CT ``image``'s grid) once per format in ``outputs`` (format ->
+    path): ``nii.gz`` and ``seg.nrrd`` (the label map, a Slicer segmentation), ``dcm`` (a DICOM SEG of the
+    DICOM series ``source``, ``series_uid`` where its folder holds several; ``model``: the model to record) and
+    ``png`` (an overlay of ``image``).  Other formats (a JSON report) are the caller's.  Returns ``outputs``."""
+    for fmt in ("nii.gz", "seg.nrrd"):
+        if fmt in outputs:
+            write_image(labels, outputs[fmt])
+    if "dcm" in outputs:
+        from .outputs import write_dicom_seg
+
+        write_dicom_seg(labels, source, outputs["dcm"], model=model, series_uid=series_uid)
+    if "png" in outputs:
+        from .png import overlay_png
+
+        overlay_png(image, labels, outputs["png"])
+    return outputs
