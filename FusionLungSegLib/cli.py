@@ -1,4 +1,4 @@
-"""Command line: ``python -m FusionLungSegLib {segment,batch,train,inspect,export,evaluate,bench}`` (also
+"""Command line: ``python -m FusionLungSegLib {segment,batch,web,train,inspect,export,evaluate,bench}`` (also
 ``fusionlungseg``)."""
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _segment_parser,
         _batch_parser,
+        _web_parser,
         _train_parser,
         _inspect_parser,
         _export_parser,
@@ -117,6 +118,37 @@ def _batch_parser(sub) -> None:
     )
     b.add_argument("--retry-failed", action="store_true", help="segment again the cases that failed before")
     b.add_argument("--dry-run", action="store_true", help="list the cases (to do, kept, skipped) and stop")
+
+
+WEB_DESCRIPTION = """\
+Serve a web page that segments the lungs: 3D Slicer's slice and 3D views and segment
+editor in a browser (trame-slicer; pip install 'fusionlungseg[web]').  The page lists the
+CT files and DICOM series under --data, opens one, runs "Segment lungs" (the same pipeline
+as `segment`) with progress and Cancel, shows the lung volumes and the QC verdict, offers
+correction tools (erase, scissors, islands, smoothing) and exports .seg.nrrd, .nii.gz,
+.png, .json and, for DICOM input, DICOM SEG to --out.  It opens only what lies under
+--data, writes only under --out and listens on 127.0.0.1 unless --host says otherwise.
+"""
+
+
+def _web_parser(sub) -> None:
+    w = sub.add_parser(
+        "web",
+        help="serve a web page that segments, shows, corrects and exports lungs (pip install 'fusionlungseg[web]')",
+        description=WEB_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    w.add_argument("--data", required=True, help="folder of CT files and DICOM series the page lists and opens")
+    w.add_argument("--open", metavar="NAME", help="case to open at start: a listed name or a path under --data")
+    w.add_argument("--out", default="fusionlungseg-exports", help="folder the page exports to (default: %(default)s)")
+    w.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 serves every network "
+        "this machine is on, to anyone who reaches it: there is no login)",
+    )
+    w.add_argument("--port", type=int, default=8080, help="port (default: %(default)s; 0: any free port)")
+    add_arguments(w, SegmentOptions, skip=("batch_size",))
 
 
 def _train_parser(sub) -> None:
@@ -272,6 +304,17 @@ def _cmd_batch(args) -> int:
     return result.exit_code
 
 
+def _cmd_web(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("trame_slicer") is None:
+        raise RuntimeError("the web page needs its extra: pip install 'fusionlungseg[web]' (trame-slicer is missing)")
+    from .web.app import serve
+
+    serve(args.data, args.out, from_args(SegmentOptions, args), args.open, host=args.host, port=args.port)
+    return 0
+
+
 def _cmd_inspect(args) -> int:
     from .evaluation.evaluate import lung_ml_by_slice_range
     from .io import output_stem, read_image
@@ -402,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "segment": _cmd_segment,
         "batch": _cmd_batch,
+        "web": _cmd_web,
         "train": _cmd_train,
         "export": _cmd_export,
         "evaluate": _cmd_evaluate,

@@ -29,7 +29,7 @@ import numpy as np
 import slicer
 
 from .core.tasks import CANCELLING, DONE, FAILED, IDLE, RUNNING, BackgroundTask
-from .core.terminology import SEGMENTS
+from .core.terminology import LUNG_SEGMENTS, SEGMENTS
 from .options import SegmentOptions
 from .segmenter import (
     InvalidInputError,
@@ -51,6 +51,7 @@ __all__ = [
     "SEGMENTS",
     "volume_node_to_sitk",
     "sitk_to_volume_node",
+    "labels_from_segmentation",
     "HeadlessSlicer",
     "SegmentationCancelled",
     "InvalidInputError",
@@ -476,6 +477,36 @@ class SegmentationTask(BackgroundTask):
 
     def done_message(self) -> str:
         return f"done in {self.logic.last_seconds:.1f} s"
+
+
+def labels_from_segmentation(segmentation_node, volume_node):
+    """The "right lung" and "left lung" segments of ``segmentation_node`` as one ``SimpleITK`` label map (0, 1
+    right, 2 left) on ``volume_node``'s voxel grid, as the segments are now (after any editing).  A segment the
+    user deleted gives no voxels."""
+    import SimpleITK as sitk
+    import vtk
+
+    scene = volume_node.GetScene()
+    labels = np.zeros(slicer.util.arrayFromVolume(volume_node).shape, np.uint8)
+    segmentation = segmentation_node.GetSegmentation()
+    for seg in LUNG_SEGMENTS:
+        if segmentation.GetSegment(seg.id) is None:
+            continue
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        try:
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(seg.id)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentation_node, ids, labelmap, volume_node
+            ):
+                raise RuntimeError(f"could not export the segment {seg.name!r}")
+            labels[slicer.util.arrayFromVolume(labelmap) > 0] = seg.value
+        finally:
+            scene.RemoveNode(labelmap)
+    grid = volume_node_to_sitk(volume_node)
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(grid)
+    return image
 
 
 def _labelmap_volume_ml(image, label_value: int) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..io.files import IMAGE_SUFFIXES, suffix
 
-__all__ = ["Case", "Skipped", "find_cases", "read_manifest", "SCAN_SUFFIXES"]
+__all__ = ["Case", "Skipped", "find_cases", "read_manifest", "case_under", "SCAN_SUFFIXES"]
 
 #: CT files a folder search takes as cases (DICOM files are grouped into series instead; a ``.seg.nrrd`` is a
 #: segmentation, not a scan).
@@ -126,6 +126,14 @@ def _search_folder(root: Path, cases: list[Case], skipped: list[Skipped], prefix
             if len(series) > 1:  # several CT series in one folder: one case each, named by series UID
                 name = f"{name}/{uid}"
             cases.append(Case(_safe_id(name), str(folder_path.resolve()), uid if len(series) > 1 else None))
+
+
+def case_under(root: Path, path: Path) -> Case:
+    """The case of one CT file or DICOM folder ``path`` under the folder ``root``, named as a search of ``root``
+    names it (its relative path, without the scan suffix)."""
+    rel = path.relative_to(root)
+    stem = _scan_stem(path.name) if path.is_file() else None
+    return Case(_safe_id((rel.parent / stem).as_posix() if stem else rel.as_posix()), str(path))
 
 
 def read_manifest(path: str | Path) -> list[Case]:
