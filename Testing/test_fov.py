@@ -17,7 +17,7 @@ from FusionLungSegLib.core.postprocess import postprocess_with_report
 from FusionLungSegLib.core.qc import quality_check
 from FusionLungSegLib.core.sides import SIDES_LATERAL, SIDES_UNDECIDED
 from FusionLungSegLib.training.data import SliceSet
-from FusionLungSegLib.training.fov import fov_cut_variants
+from FusionLungSegLib.training.fov import FOV_CUTS, fov_cut_variants, fov_kinds
 
 
 def _crop(p, y0=None, y1=None, x0=None, x1=None, mirror=False):
@@ -162,6 +162,20 @@ def test_cut_field_of_view_training_copies_keep_size_and_cut_the_mask():
     assert (a.masks.sum(axis=(1, 2)) <= np.repeat(lungs, 3, axis=0).sum(axis=(1, 2))).all()
     assert any(m.sum() < full.sum() for m, full in zip(a.masks, np.repeat(lungs, 3, axis=0)))
     assert all(box is not None for box in a.boxes)
+
+
+def test_training_copies_draw_only_the_kinds_asked_for():
+    p = chest(heart=True)
+    z = p.hu.shape[0] // 2
+    lungs = (p.parts["lung_right"] | p.parts["lung_left"])[z - 1 : z + 1]
+    slices = SliceSet(p.hu[z - 1 : z + 1], lungs, ["a"] * 2, ["s0", "s1"], [p.spacing_zyx[1:]] * 2)
+    roi = fov_cut_variants(slices, 4, seed=3, kinds=fov_kinds("lung_roi"))
+    assert all(name.endswith("-lung_roi") for name in roi.names) and len(roi) == 8
+    every = fov_cut_variants(slices, 4, seed=3)
+    assert every.names == fov_cut_variants(slices, 4, seed=3, kinds=fov_kinds(",".join(FOV_CUTS))).names
+    assert fov_kinds("lung_roi, zoom,lung_roi") == ("lung_roi", "zoom", "lung_roi")  # a repeat weighs double
+    with pytest.raises(ValueError, match="unknown cardiac"):
+        fov_kinds("zoom,cardiac")
 
 
 @pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])

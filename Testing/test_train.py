@@ -194,6 +194,6 @@ def test_cut_fields_of_view_join_the_batches_and_are_recorded(tmp_path):
     result = train(cfg, progress=False)
     assert 0.0 <= result["history"][0]["val_iou_fov"] <= 1.0  # cut copies of the validation slices, scored apart
     info = export_weights(tmp_path / "last.pt", tmp_path / "w.pt")
-    assert info["meta"]["fov_cuts"] == {"fraction": 0.3, "variants": 2}
+    assert info["meta"]["fov_cuts"] == {"fraction": 0.3, "variants": 2, "kinds": "zoom,half,depth,lung_roi,rectangle"}
     _, meta = load_weights(tmp_path / "w.pt", info["sha256"])
     assert meta["fov_cuts"]["fraction"] == 0.3

@@ -22,7 +22,7 @@ from .data import (
     load_lung_free_slices,
     split_by_case,
 )
-from .fov import fov_cut_variants
+from .fov import fov_cut_variants, fov_kinds
 
 __all__ = ["RunData", "load_run_data", "Batches", "to_network_set"]
 
@@ -100,7 +100,11 @@ def load_run_data(cfg: TrainConfig, out: Path) -> RunData:
     fov_val = empty
     if cfg.fov_fraction > 0:  # cut fields of view of the lung slices (and of the validation slices, scored apart)
         parts = [
-            to_network_set(fov_cut_variants(s, cfg.fov_variants, cfg.seed + k), cfg.input_size, cfg.hu_window)
+            to_network_set(
+                fov_cut_variants(s, cfg.fov_variants, cfg.seed + k, kinds=fov_kinds(cfg.fov_kinds)),
+                cfg.input_size,
+                cfg.hu_window,
+            )
             for k, s in enumerate((train_set, base_set))
             if len(s)
         ]

@@ -84,6 +84,11 @@ class TrainConfig:
         "Crop Volume ROIs, halves, cut rectangles), e.g. 0.25; validation then also reports iou_fov",
     )
     fov_variants: int = option(2, "cut fields of view drawn per lung slice (fixed for the run, from the seed)")
+    fov_kinds: str = option(
+        "zoom,half,depth,lung_roi,rectangle",
+        "kinds of cut field of view the training copies draw from with equal odds, comma-separated (a kind named "
+        "twice is drawn twice as often); validation's cut copies always draw from all five",
+    )
     arch: str = option(
         "fusionlungnet",
         "network: fusionlungnet (default), unet (U-Net, classic 4-level, 31 M parameters) or resunet18 "

@@ -7,11 +7,22 @@ import numpy as np
 
 from .data import SliceSet
 
-__all__ = ["FOV_CUTS", "fov_cut_variants"]
+__all__ = ["FOV_CUTS", "fov_cut_variants", "fov_kinds"]
 
 
 #: Kinds of cut field of view that :func:`fov_cut_variants` draws from, with equal odds.
 FOV_CUTS = ("zoom", "half", "depth", "lung_roi", "rectangle")
+
+
+def fov_kinds(text: str) -> tuple[str, ...]:
+    """The kinds of cut named in ``text`` (comma-separated, repeats kept as weights); ValueError for unknown ones."""
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(FOV_CUTS))
+    if unknown or not kinds:
+        raise ValueError(
+            f"--fov-kinds: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FOV_CUTS)}"
+        )
+    return kinds
 
 
 def _fov_rectangle(kind: str, mask: np.ndarray, body: np.ndarray, pixel_mm: float, rng) -> tuple[int, int, int, int]:
@@ -54,9 +65,12 @@ def _fov_rectangle(kind: str, mask: np.ndarray, body: np.ndarray, pixel_mm: floa
     )
 
 
-def fov_cut_variants(slices: SliceSet, per_slice: int = 2, seed: int = 0) -> SliceSet:
+def fov_cut_variants(
+    slices: SliceSet, per_slice: int = 2, seed: int = 0, kinds: tuple[str, ...] = FOV_CUTS
+) -> SliceSet:
     """Copies of every slice as seen through a cut field of view (zoomed reconstructions, Crop Volume ROIs,
-    halves, cut rectangles; see :data:`FOV_CUTS`), for training.
+    halves, cut rectangles; see :data:`FOV_CUTS`), for training; each copy's kind drawn from ``kinds`` with
+    equal odds (a kind named twice, twice as often).
 
     Each copy keeps the slice's size: outside the field the image is air (-1000 HU, what the network's
     frame pads with) and the mask empty; its crop box is drawn around the body *in view*, as inference
@@ -75,7 +89,7 @@ def fov_cut_variants(slices: SliceSet, per_slice: int = 2, seed: int = 0) -> Sli
         body = body_mask(hu[None], spacing3)[0]
         h, w = hu.shape
         for k in range(per_slice):
-            kind = FOV_CUTS[int(rng.integers(len(FOV_CUTS)))]
+            kind = kinds[int(rng.integers(len(kinds)))]
             y0, y1, x0, x1 = _fov_rectangle(kind, mask, body, pixel, rng)
             y0, y1, x0, x1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
             if y1 - y0 < 32 or x1 - x0 < 32:

@@ -32,6 +32,7 @@ from .config import TrainConfig
 from .data import (
     SliceSet,
 )
+from .fov import FOV_CUTS
 from .losses import BCELoss, DeepSupervisionLoss, HybridLoss
 
 __all__ = ["TrainConfig", "learning_rate", "train", "export_weights", "predict_slices"]
@@ -381,7 +382,11 @@ def export_weights(checkpoint: str | Path, out_path: str | Path, extra_meta: dic
         "lung_free_training_slices": list(state.get("lung_free_train", [])),
         "hu_labelled_training_slices": list(state.get("hu_labelled_train", [])),
         # the share of lung slices seen through cut fields of view (fov.fov_cut_variants), and copies per slice
-        "fov_cuts": {"fraction": cfg["fov_fraction"], "variants": cfg.get("fov_variants", 2)}
+        "fov_cuts": {
+            "fraction": cfg["fov_fraction"],
+            "variants": cfg.get("fov_variants", 2),
+            "kinds": cfg.get("fov_kinds", ",".join(FOV_CUTS)),
+        }
         if cfg.get("fov_fraction")
         else None,
         "weights_averaged": bool(state.get("ema")),
