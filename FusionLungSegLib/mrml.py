@@ -70,6 +70,17 @@ def _ijk_to_ras(volume_node) -> np.ndarray:
     return slicer.util.arrayFromVTKMatrix(m)
 
 
+def _with_node_geometry(image, volume_node):
+    """Give ``image`` (on ``volume_node``'s KJI array grid) the node's spacing, origin and direction, in LPS."""
+    m = _ijk_to_ras(volume_node)
+    spacing = np.asarray(volume_node.GetSpacing(), float)
+    direction_ras = m[:3, :3] / spacing  # unit columns
+    image.SetSpacing(tuple(spacing))
+    image.SetOrigin(tuple(_RAS_TO_LPS @ m[:3, 3]))
+    image.SetDirection(tuple((_RAS_TO_LPS @ direction_ras).ravel()))
+    return image
+
+
 def volume_node_to_sitk(volume_node):
     """Copy a scalar volume node into a ``SimpleITK.Image`` with the same voxel grid (LPS geometry).
 
@@ -79,14 +90,13 @@ def volume_node_to_sitk(volume_node):
     import SimpleITK as sitk
 
     arr = slicer.util.arrayFromVolume(volume_node)
-    image = sitk.GetImageFromArray(np.array(arr, copy=True))
-    m = _ijk_to_ras(volume_node)
-    spacing = np.asarray(volume_node.GetSpacing(), float)
-    direction_ras = m[:3, :3] / spacing  # unit columns
-    image.SetSpacing(tuple(spacing))
-    image.SetOrigin(tuple(_RAS_TO_LPS @ m[:3, 3]))
-    image.SetDirection(tuple((_RAS_TO_LPS @ direction_ras).ravel()))
-    return image
+    return _with_node_geometry(sitk.GetImageFromArray(np.array(arr, copy=True)), volume_node)
+
+
+def _options(weights, device: str, input_size: int | None, precision: str) -> SegmentOptions:
+    return SegmentOptions(
+        weights=str(weights) if weights else None, device=device, input_size=input_size, precision=precision
+    )
 
 
 def sitk_to_volume_node(image, scene, name: str = "CT"):
@@ -142,14 +152,14 @@ class SegmentationRequest:
     """What :meth:`LungSegmentationLogic.compute` needs, taken from the scene on the main thread.
 
     The nodes are kept for :meth:`~LungSegmentationLogic.apply` only; compute reads
-    ``image`` (a copy of the volume's voxels, LPS geometry) and the segmenter options.
+    ``image`` (a copy of the volume's voxels, LPS geometry) and the segmentation options.
     """
 
     volume_node: Any
     segmentation_node: Any
     image: Any  # SimpleITK.Image
     ijk_to_ras: np.ndarray
-    segmenter_options: dict
+    options: SegmentOptions
     segmenter: LungSegmenter | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -164,14 +174,15 @@ class SegmentationComputed:
     precision: str
     device: str
     seconds: float
+    segmenter: Any = None  # the segmenter that ran (device, input size, engine, model metadata)
 
 
 class LungSegmentationLogic:
     """Segment lungs of a ``vtkMRMLScalarVolumeNode`` into a ``vtkMRMLSegmentationNode``.
 
     ``scene`` defaults to ``slicer.mrmlScene`` (the application's scene).
-    Segmenters are cached per (weights, device, input size, precision), so
-    repeated runs do not reload the model.
+    Segmenters are cached per set of :class:`SegmentOptions`, so repeated runs
+    do not reload the model.
     """
 
     def __init__(self, scene=None):
@@ -189,9 +200,10 @@ class LungSegmentationLogic:
         self, weights=None, device: str = "auto", input_size: int | None = None, precision: str = "auto"
     ) -> LungSegmenter:
         """The segmenter for these options, loaded once per set of options and shared by worker threads."""
-        options = SegmentOptions(
-            weights=str(weights) if weights else None, device=device, input_size=input_size, precision=precision
-        )
+        return self.segmenter_for(_options(weights, device, input_size, precision))
+
+    def segmenter_for(self, options: SegmentOptions) -> LungSegmenter:
+        """The segmenter for a whole set of :class:`SegmentOptions` (engine, fast mode... too), loaded once."""
         with self._segmenters_lock:
             if options not in self._segmenters:
                 self._segmenters[options] = options.segmenter(progress=False)
@@ -229,8 +241,10 @@ class LungSegmentationLogic:
         weights=None,
         precision: str = "auto",
         segmenter: LungSegmenter | None = None,
+        options: SegmentOptions | None = None,
     ) -> SegmentationRequest:
-        """Main thread: check the nodes and copy what :meth:`compute` needs out of the scene."""
+        """Main thread: check the nodes and copy what :meth:`compute` needs out of the scene.  ``options``: all
+        segmentation options at once, in place of ``device``, ``input_size``, ``weights`` and ``precision``."""
         t0 = time.monotonic()
         self.validate_volume(volume_node)
         if segmentation_node is not None:
@@ -243,7 +257,7 @@ class LungSegmentationLogic:
             segmentation_node=segmentation_node,
             image=volume_node_to_sitk(volume_node),  # a copy: the scene may change while compute runs
             ijk_to_ras=_ijk_to_ras(volume_node),
-            segmenter_options={"weights": weights, "device": device, "input_size": input_size, "precision": precision},
+            options=options or _options(weights, device, input_size, precision),
             segmenter=segmenter,
             started=t0,
         )
@@ -264,7 +278,7 @@ class LungSegmentationLogic:
         if seg is None:
             if progress is not None:
                 progress(0.0, "loading the model")
-            seg = self.segmenter(**request.segmenter_options)
+            seg = self.segmenter_for(request.options)
         run = getattr(seg, "run", None)  # LungSegmenter.run returns a result object that holds the labels
         if run is not None:
             output = run(request.image, progress=progress, cancel=cancel)
@@ -281,6 +295,7 @@ class LungSegmentationLogic:
             precision=seg.precision,
             device=str(seg.device),
             seconds=time.monotonic() - t0,
+            segmenter=seg,
         )
 
     def apply(self, computed: SegmentationComputed):
@@ -503,10 +518,7 @@ def labels_from_segmentation(segmentation_node, volume_node):
             labels[slicer.util.arrayFromVolume(labelmap) > 0] = seg.value
         finally:
             scene.RemoveNode(labelmap)
-    grid = volume_node_to_sitk(volume_node)
-    image = sitk.GetImageFromArray(labels)
-    image.CopyInformation(grid)
-    return image
+    return _with_node_geometry(sitk.GetImageFromArray(labels), volume_node)  # no copy of the CT for its grid
 
 
 def _labelmap_volume_ml(image, label_value: int) -> float:

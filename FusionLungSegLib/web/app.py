@@ -327,8 +327,7 @@ def serve(
     """Serve the page until interrupted.  ``open_name`` is checked before the server starts (a refused or
     unreadable case is an error, not a page)."""
     app = LungWebApp({"data_dir": data, "out_dir": out, "options": options})
-    if open_name:
-        app.session.find_case(open_name)  # outside --data or missing: raise before serving
+    if open_name:  # outside --data, missing or unreadable: an error before serving
         app.open_case(open_name)
         if app.state.error:
             raise ValueError(app.state.error.removeprefix("error: "))

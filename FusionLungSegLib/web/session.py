@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..batch.cases import Case, case_under, find_cases
-from ..core.tasks import BackgroundTask
 from ..core.terminology import LUNG_SEGMENTS
-from ..mrml import InvalidInputError, LungSegmentationLogic, labels_from_segmentation, sitk_to_volume_node
+from ..mrml import (
+    InvalidInputError,
+    LungSegmentationLogic,
+    SegmentationTask,
+    labels_from_segmentation,
+    sitk_to_volume_node,
+)
 from ..options import SegmentOptions
 
 __all__ = ["WebSession", "CaseRefused", "RunSummary", "EXPORT_FORMATS"]
@@ -67,12 +71,11 @@ class WebSession:
         self.out_dir = Path(os.path.abspath(out_dir))
         self.options = options or SegmentOptions()
         self.logic = LungSegmentationLogic(scene)
-        self._segmenters: dict[SegmentOptions, object] = {}
         self.case: Case | None = None
         self.image = None  # the open case's CT as read from disk (SimpleITK)
         self.volume_node = None
         self.segmentation_node = None
-        self.task: BackgroundTask | None = None
+        self.task: SegmentationTask | None = None
         self.summary: RunSummary | None = None
         self._cases: dict[str, Case] = {}
 
@@ -136,57 +139,38 @@ class WebSession:
             changes.update(fast=bool(fast), input_size=None if fast else self.options.input_size)
         return replace(self.options, **changes)
 
-    def segmenter(self, options: SegmentOptions):
-        """One loaded segmenter per set of options (the model loads once)."""
-        if options not in self._segmenters:
-            self._segmenters[options] = options.segmenter(progress=False)
-        return self._segmenters[options]
-
-    def start(self, segmentation_node=None, **page_options) -> BackgroundTask:
+    def start(self, segmentation_node=None, **page_options) -> SegmentationTask:
         """Start segmenting the open case in a worker thread; poll the returned task, then :meth:`finish`.
         The lungs go into ``segmentation_node`` (the editor's) or a new node; other segments are kept."""
         if self.busy:
             raise RuntimeError("a segmentation is already running")
         if self.volume_node is None:
             raise InvalidInputError("no case is open: choose one first")
-        options = self.run_options(**page_options)
-        request = self.logic.prepare(self.volume_node, segmentation_node or self.segmentation_node)
-        segmenters = self._segmenters
-
-        def compute(progress, cancel):
-            if options not in segmenters:
-                progress(0.0, "loading the model")
-            request.segmenter = self.segmenter(options)
-            return self.logic.compute(request, progress=progress, cancel=cancel)
-
-        self.task = BackgroundTask(compute, self.logic.apply, name="FusionLungSeg web compute")
-        self._started = time.monotonic()
+        options = self.run_options(**page_options)  # the logic keeps one loaded model per set of options
+        request = self.logic.prepare(self.volume_node, segmentation_node or self.segmentation_node, options=options)
+        self.task = SegmentationTask(self.logic, request)
         return self.task.start()
 
     def finish(self) -> RunSummary:
         """Main thread, once the task has finished: write the lungs into the scene and summarise the run.
         Raises the run's error (``SegmentationCancelled`` after a cancel) with the scene unchanged."""
-        task = self.task
-        node = task.finish()
-        self.segmentation_node = node
-        computed = self.logic.last_result
-        seg = computed.request.segmenter
-        volumes = self.logic.lung_volumes_ml(node)
         from ..segmenter import segmentation_report
 
+        self.segmentation_node = self.task.finish()
+        computed = self.logic.last_result
         report = {
             "input": self.case.path,
             "case": self.case.case_id,
-            **segmentation_report(self.image, computed.output, seg, time.monotonic() - self._started),
+            **segmentation_report(self.image, computed.output, computed.segmenter, self.logic.last_seconds),
         }
         self.summary = RunSummary(
-            right_ml=round(float(volumes.get("right lung", 0.0)), 1),
-            left_ml=round(float(volumes.get("left lung", 0.0)), 1),
-            qc=computed.output.qc,
-            seconds=round(time.monotonic() - self._started, 1),
-            device=computed.device,
-            precision=computed.precision,
-            input_size=getattr(seg, "input_size", None),
+            right_ml=report["right_lung_ml"],
+            left_ml=report["left_lung_ml"],
+            qc=report["qc"],
+            seconds=report["seconds"],
+            device=report["device"],
+            precision=report["precision"],
+            input_size=report["input_size"],
             report=report,
         )
         return self.summary
@@ -211,8 +195,7 @@ class WebSession:
         if "dcm" in outputs:
             from ..nets.weights import describe_model
 
-            seg = self.logic.last_result.request.segmenter
-            model = describe_model(seg.meta, self.options.weights)
+            model = describe_model(self.logic.last_result.segmenter.meta, self.options.weights)
         json_path = outputs.pop("json", None)
         write_outputs(self.image, labels, outputs, source=self.case.path, series_uid=self.case.series_uid, model=model)
         if json_path is not None:
@@ -224,9 +207,9 @@ class WebSession:
 
 
 def _volumes_ml(labels) -> dict[str, float]:
-    import numpy as np
     import SimpleITK as sitk
 
-    arr = sitk.GetArrayViewFromImage(labels)
-    voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0
-    return {s.name: round(int(np.count_nonzero(arr == s.value)) * voxel_ml, 1) for s in LUNG_SEGMENTS}
+    from ..core.metrics import volume_ml
+
+    arr, spacing_zyx = sitk.GetArrayViewFromImage(labels), labels.GetSpacing()[::-1]
+    return {s.name: round(volume_ml(arr == s.value, spacing_zyx), 1) for s in LUNG_SEGMENTS}
