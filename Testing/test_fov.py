@@ -209,3 +209,25 @@ def test_lung_like_air_at_the_image_edge_away_from_the_lungs_is_noted_not_flagge
     qc = quality_check(labels, p.spacing_zyx, body, report, hu=hu)
     assert qc["ok"], qc["flags"]
     assert any("image's edge" in n for n in qc["notes"])
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_the_part_of_the_other_lung_joined_in_front_of_the_heart_keeps_its_side(mirror):
+    # A Crop Volume ROI around one lung that holds the other lung's medial edge, the lungs joined in front
+    # of the heart on the upper slices (an anterior junction): on those slices the other lung's part is a
+    # small share of one 2D component, and must not take the side of the lung that fills the crop.
+    p = chest(heart=True)
+    right, left = p.parts["lung_right"], p.parts["lung_left"]
+    lung_z = np.flatnonzero((right | left).any(axis=(1, 2)))
+    lung_rows = np.flatnonzero(right.any(axis=(0, 2)))
+    bridge = np.zeros(right.shape, bool)  # 8 mm of lung from one lung to the other
+    bridge[lung_z[len(lung_z) // 2] : lung_z[-1] + 1, lung_rows[0] + 12 : lung_rows[0] + 16, 90:170] = True
+    p.hu[bridge] = -850
+    cols = np.arange(right.shape[2])
+    p.parts["lung_right"], p.parts["lung_left"] = right | (bridge & (cols < 128)), left | (bridge & (cols >= 128))
+    # the ROI reaches 70 mm past the midline (the image's middle column, 128)
+    hu, right, left = _crop(p, lung_rows[0] - 5, lung_rows[-1] + 5, 50, 164, mirror=mirror)
+    labels, report, _ = _segment(hu, right | left, p.spacing_zyx)
+    part, side = (left, LEFT_LUNG) if not mirror else (right, RIGHT_LUNG)
+    assert part.sum() * np.prod(p.spacing_zyx) / 1000 > 20  # a part of the other lung is in view
+    assert np.mean(labels[part] == side) > 0.95, report.side_basis

@@ -170,6 +170,7 @@ def split_sides(
     spacing_zyx=None,
     partner_ml: float = 20.0,
     erosion_mm: float = 5.0,
+    core_mm2: float = 25.0,
 ) -> tuple[np.ndarray, str]:
     """Right and left lung labels of a binary canonical mask, and how the sides were decided.
 
@@ -180,7 +181,8 @@ def split_sides(
     2. the largest component and another of ``partner_ml`` or more beyond its x range: a lung and the
        part of the other lung in view, the mediastinum between them;
     3. lungs that touch: eroded by ``erosion_mm`` in-plane they come apart, and the gap between them is
-       the midline;
+       the midline; an axial component holding eroded lung (cores of ``core_mm2`` or more) on both
+       sides of it is cut by the nearest core;
     4. one lung in view: with the body's right and left edges in view (the ``body`` mask), the body's
        midline; else the side its chest wall is on (:func:`lateral_side_votes`);
     5. otherwise undecided: the mask is labelled by the image's middle and the basis says so.
@@ -214,7 +216,8 @@ def split_sides(
         return np.concatenate(([0], side)).astype(np.uint8)[labels], basis
     del labels  # the rules below need none of the components: their memory is free for the next
     out = np.zeros(mask.shape, np.uint8)
-    midline, basis = _touching_lungs_midline(mask, spacing_zyx, big_fraction, erosion_mm), SIDES_GAP
+    midline, cores = _touching_lungs(mask, spacing_zyx, big_fraction, erosion_mm)
+    basis = SIDES_GAP
     if midline is None and body is not None:
         if _body_whole_across(body, mask, spacing_zyx[2]):
             midline, basis = _body_midline(body, mask), SIDES_BODY
@@ -233,9 +236,12 @@ def split_sides(
             midline, basis = midline_x(mask), SIDES_MASK
         else:
             midline, basis = mask.shape[2] / 2, SIDES_UNDECIDED
+    min_px = int(np.ceil(core_mm2 / (spacing_zyx[1] * spacing_zyx[2])))
     for index, comp in axial_components(mask):
         x0 = index[2].start
         target = out[index][0]
+        if cores is not None and _nearest_core_sides(target, comp, cores[index][0] & comp, midline - x0, min_px):
+            continue
         frac_right = float(np.mean(np.nonzero(comp)[1] + x0 < midline))
         if 0.2 < frac_right < 0.8 and comp.sum() > 50:
             r, left_part = _split_component_2d(comp, midline - x0)
@@ -260,9 +266,31 @@ def _drop_islands(out: np.ndarray, island_fraction: float) -> np.ndarray:
     return out
 
 
-def _touching_lungs_midline(mask: np.ndarray, spacing_zyx, big_fraction: float, erosion_mm: float) -> float | None:
-    """Midline between two lungs that touch: eroded in-plane they fall apart into two large components
-    (or one and a part of the other beyond its x range); None when they do not."""
+def _nearest_core_sides(target: np.ndarray, comp: np.ndarray, core: np.ndarray, midline: float, min_px: int) -> bool:
+    """A 2D component holding cores on both sides of the midline is two lungs joined: each pixel takes the
+    side of its nearest core, so a part of one lung joined to the other (in front of the heart) keeps its
+    side even as a small share of the component.  ``core``: the component's eroded pixels; each 2D core
+    of ``min_px`` pixels or more takes the side of its centroid (``midline`` in the component's columns).
+    Labels ``target`` in place; False (nothing done) when the cores lie on one side only."""
+    import cv2
+
+    n, cores, stats, centroids = cv2.connectedComponentsWithStats(core.view(np.uint8), connectivity=8)
+    side = np.where(centroids[:, 0] < midline, RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
+    side[(stats[:, cv2.CC_STAT_AREA] < min_px) | (np.arange(n) == 0)] = 0
+    if not ((side == RIGHT_LUNG).any() and (side == LEFT_LUNG).any()):
+        return False
+    seeds = side[cores]
+    iy, ix = ndimage.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
+    target[comp] = seeds[iy, ix][comp]
+    return True
+
+
+def _touching_lungs(
+    mask: np.ndarray, spacing_zyx, big_fraction: float, erosion_mm: float, core_ml: float = 2.0
+) -> tuple[float | None, np.ndarray | None]:
+    """Two lungs that touch: eroded in-plane by ``erosion_mm`` they fall apart into two large components (or
+    one and a part of the other beyond its x range).  Returns the midline between them and the cores (the
+    eroded components of ``core_ml`` or more), or (None, None) when they do not fall apart."""
     import cv2
 
     radius = max(1, int(round(erosion_mm / min(spacing_zyx[1:]))))
@@ -271,10 +299,12 @@ def _touching_lungs_midline(mask: np.ndarray, spacing_zyx, big_fraction: float, 
     for z in range(mask.shape[0]):
         eroded[z] = cv2.erode(mask[z].view(np.uint8), kernel) > 0 if mask[z].any() else False
     labels, n = label3d(eroded)
+    del eroded
     if n < 2:
-        return None
+        return None, None
     sizes = per_label(labels, n)
     order = np.argsort(-sizes)
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     if sizes[order[1]] >= big_fraction * sizes[order[0]]:
         boxes = ndimage.find_objects(labels)
         a, b = (int(k) + 1 for k in order[:2])
@@ -282,6 +312,10 @@ def _touching_lungs_midline(mask: np.ndarray, spacing_zyx, big_fraction: float, 
             x_extent(labels, a, boxes[a - 1]),
             x_extent(labels, b, boxes[b - 1]),
         )
-        return (a_hi + b_lo) / 2 if a_mean < b_mean else (b_hi + a_lo) / 2
-    pair = _partner(labels, sizes, order, float(np.prod(spacing_zyx)) / 1000.0, 20.0)
-    return None if pair is None else pair[1]
+        midline = (a_hi + b_lo) / 2 if a_mean < b_mean else (b_hi + a_lo) / 2
+    else:
+        pair = _partner(labels, sizes, order, voxel_ml, 20.0)
+        if pair is None:
+            return None, None
+        midline = pair[1]
+    return midline, np.concatenate(([False], sizes * voxel_ml >= core_ml))[labels]
