@@ -231,3 +231,31 @@ def test_the_part_of_the_other_lung_joined_in_front_of_the_heart_keeps_its_side(
     part, side = (left, LEFT_LUNG) if not mirror else (right, RIGHT_LUNG)
     assert part.sum() * np.prod(p.spacing_zyx) / 1000 > 20  # a part of the other lung is in view
     assert np.mean(labels[part] == side) > 0.95, report.side_basis
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_trachea_in_a_roi_around_one_lung_is_not_lung(mirror):
+    # A Crop Volume ROI around the left lung that holds the trachea beside the right lung's medial part: the
+    # mask's middle is the left lung's, so the trachea is found by the gap between the lungs in view.
+    p = chest(heart=True)
+    right = p.parts["lung_right"]
+    lung_z = np.flatnonzero(right.any(axis=(1, 2)))
+    rows = np.flatnonzero(right.any(axis=(0, 2)))
+    yy, xx = np.mgrid[:256, :256]
+    cy, cx = (rows[0] + rows[-1]) // 2, 128 - 7  # 14 mm right of the midline, as a trachea often is
+    tube = (yy - cy) ** 2 + (xx - cx) ** 2 < 4**2
+    reach = (np.abs(yy - cy) < 12) & (xx < cx - 6) & (xx > 60)  # the right lung reaches the trachea
+    trachea = np.zeros(right.shape, bool)
+    trachea[lung_z[len(lung_z) // 2] :] = tube
+    p.hu[trachea] = -1000
+    grown = np.zeros(right.shape, bool)
+    grown[lung_z[len(lung_z) // 2] : lung_z[-1] + 1] = reach & p.parts["body"][lung_z[0]]
+    p.hu[grown & ~right] = -850
+    p.parts["lung_right"] = right | grown
+    hu, right, left = _crop(p, rows[0] - 5, rows[-1] + 5, 100, 236, mirror=mirror)  # 55 mm past the midline
+    trachea = (hu <= -1000) & body_mask(hu, p.spacing_zyx)
+    assert trachea.sum() > 100
+    labels, report, _ = _segment(hu, right | left | trachea, p.spacing_zyx)  # the network took it for lung
+    assert not labels[trachea].any(), report.side_basis
+    part = left if mirror else right
+    assert np.mean(labels[part] > 0) > 0.95  # the other lung's part in view is kept

@@ -14,7 +14,7 @@ from .components import midline_x
 from .labels import LEFT_LUNG, RIGHT_LUNG
 from .lungs import SelectionReport, clean_lung_mask, grow_into_aerated_lung, select_lungs
 from .masks import bounding_box, fill_holes_axial
-from .sides import split_right_left, split_sides
+from .sides import cut_field_midline, split_right_left, split_sides
 
 __all__ = [
     "RIGHT_LUNG",
@@ -33,14 +33,22 @@ __all__ = [
 
 
 def remove_central_airways(
-    mask: np.ndarray, spacing_zyx, max_area_mm2: float = 600.0, max_offset_mm: float = 25.0
+    mask: np.ndarray,
+    spacing_zyx,
+    max_area_mm2: float = 600.0,
+    max_offset_mm: float = 25.0,
+    midline: float | None = None,
+    hu: np.ndarray | None = None,
+    max_median_hu: float = -950.0,
 ) -> np.ndarray:
     """Drop trachea and main-bronchus cross-sections: small, compact 2D components near the midline.
 
     On each axial slice, a component smaller than ``max_area_mm2`` whose centroid
-    lies within ``max_offset_mm`` of the midline (the mean x of the whole lung
-    mask) and that fills at least half of its bounding box is airway, not lung.
-    Lung apices are lateral, so they are kept.  Returns a new array.
+    lies within ``max_offset_mm`` of the midline (``midline``, canonical x; default the
+    mean x of the whole lung mask) and that fills at least half of its bounding box is
+    airway, not lung.  Lung apices are lateral, so they are kept.  With ``hu``, an airway is
+    also dark: its median at most ``max_median_hu`` (the air of a lumen, not aerated lung).
+    Returns a new array.
     """
     import cv2
 
@@ -49,7 +57,7 @@ def remove_central_airways(
     if not mask.any():
         return out
     _, sy, sx = (float(s) for s in spacing_zyx)
-    midline = midline_x(mask)
+    midline = midline_x(mask) if midline is None else midline
     zs, ys, xs = bounding_box(mask, margin=0)
     # One 4-connected labelling per slice with its stats (area, box, centroid): no Python loop over components.
     for z in range(zs.start, zs.stop):
@@ -62,6 +70,10 @@ def remove_central_airways(
         offset = (centroids[:, 0] + xs.start - midline) * sx
         airway = (area * sy * sx < max_area_mm2) & (np.abs(offset) <= max_offset_mm) & (area >= 0.5 * box)
         airway[0] = False  # background
+        if hu is not None and airway.any():
+            plane = hu[z, ys, xs]
+            for k in np.flatnonzero(airway):
+                airway[k] = np.median(plane[labels == k]) <= max_median_hu
         if airway.any():
             out[z, ys, xs][airway[labels]] = False
     return out
@@ -96,11 +108,20 @@ def postprocess_with_report(
     """
     if body is None and hu is not None:
         body = body_mask(hu, spacing_zyx)
-    candidates = remove_central_airways(prob > threshold, spacing_zyx)
+    candidates = prob > threshold
+    # A field of view cut at the body's side: the trachea lies by the gap between the lungs in view, not
+    # by the mask's middle (the middle of the one lung that fills the view).
+    midline = None if body is None or hu is None else cut_field_midline(candidates, body, spacing_zyx)
+    airways = {} if midline is None else {"midline": midline, "hu": hu}  # dark: not the other lung's part
+    candidates = remove_central_airways(candidates, spacing_zyx)
+    if airways:
+        candidates = remove_central_airways(candidates, spacing_zyx, **airways)
     kept, report = select_lungs(candidates, spacing_zyx, body)
     if hu is not None and kept.any():
         kept = grow_into_aerated_lung(kept, hu, body, spacing_zyx, exclude=candidates & ~kept)
         kept = remove_central_airways(kept, spacing_zyx)
+        if airways:
+            kept = remove_central_airways(kept, spacing_zyx, **airways)
     del candidates
     labels = np.zeros(kept.shape, np.uint8)
     if not kept.any():

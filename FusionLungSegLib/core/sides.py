@@ -86,6 +86,22 @@ def _body_midline(body: np.ndarray, mask: np.ndarray) -> float:
     return (cols[0] + cols[-1]) / 2
 
 
+def cut_field_midline(mask: np.ndarray, body: np.ndarray, spacing_zyx, partner_ml: float = 20.0) -> float | None:
+    """Where the field of view cuts the body at its right or left edge, the midline (canonical x) between
+    the lung that fills the view and the part of the other lung beside it, from the gap between them (the
+    mask's middle is then the lung's, not the patient's); None when the body is whole across or no part of
+    the other lung is in view as a component of its own."""
+    if not mask.any() or _body_whole_across(body, mask, float(spacing_zyx[2])):
+        return None
+    labels, n = label3d(mask)
+    if n < 2:
+        return None
+    sizes = per_label(labels, n)
+    order = np.argsort(-sizes)
+    pair = _partner(labels, sizes, order, float(np.prod(spacing_zyx)) / 1000.0, partner_ml)
+    return None if pair is None else pair[1]
+
+
 def lateral_side_votes(
     mask: np.ndarray, body: np.ndarray, pixel_mm: float, wall_mm: float = 60.0, max_slices: int = 40
 ) -> tuple[int, int]:
