@@ -259,3 +259,33 @@ def test_trachea_in_a_roi_around_one_lung_is_not_lung(mirror):
     assert not labels[trachea].any(), report.side_basis
     part = left if mirror else right
     assert np.mean(labels[part] > 0) > 0.95  # the other lung's part in view is kept
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_pieces_of_the_other_lung_a_roi_cuts_apart_are_kept_but_air_at_its_edge_is_not(mirror):
+    # A ROI around the right lung cuts the left lung at the image's edge into pieces more than 10 mm
+    # apart (in front of and behind the heart): each is lung.  Gas at that edge, and lung-like air in the
+    # image's corner (under a blanket), are not.
+    spacing = (3.0, 1.0, 1.0)
+    hu = np.full((30, 120, 100), 40, np.int16)
+    body = np.ones(hu.shape, bool)  # the body fills the field of view
+    right, front, back, gas, corner = (np.zeros(hu.shape, bool) for _ in range(5))
+    right[2:28, 20:100, 5:60] = True
+    front[10:28, 20:50, 85:100] = True  # the other lung's part in front of the heart (24 mL)
+    back[2:14, 70:95, 88:100] = True  # and behind it, 20 mm away (11 mL)
+    gas[20:28, 61:69, 90:100] = True
+    corner[20:28, 0:6, 70:100] = True
+    hu[right | front | back] = -850
+    hu[gas] = -1000
+    hu[corner] = -880
+    mask = right | front | back | gas | corner
+    if mirror:
+        hu, body, mask, right, front, back, gas, corner = (
+            a[:, :, ::-1] for a in (hu, body, mask, right, front, back, gas, corner)
+        )
+    labels, report = postprocess_with_report(mask.astype(np.float32), spacing, hu=hu, body=body)
+    lung, other = (RIGHT_LUNG, LEFT_LUNG) if not mirror else (LEFT_LUNG, RIGHT_LUNG)
+    assert np.mean(labels[right] == lung) > 0.99
+    assert np.mean(labels[front] == other) > 0.99
+    assert np.mean(labels[back] == other) > 0.99, [(c.ml, c.reason) for c in report.components]
+    assert not labels[gas].any() and not labels[corner].any()

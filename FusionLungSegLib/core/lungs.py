@@ -138,6 +138,7 @@ def select_lungs(
     other_lung_window_mm: float = 100.0,
     apex_gap_mm: float = 30.0,
     partner_ml: float = 20.0,
+    hu: np.ndarray | None = None,
 ) -> tuple[np.ndarray, SelectionReport]:
     """Keep the components of a canonical lung mask that belong to the two lungs.
 
@@ -155,7 +156,10 @@ def select_lungs(
     ``apex_gap_mm`` above the lung's top, at least half of its footprint over the
     lung's: an apex that a tumour or missed slices cut off from the rest of the
     lung).  With one lung found, a candidate of ``partner_ml`` or more beyond its
-    x range is the other lung (the part of it a cut field of view leaves).
+    x range is the other lung (the part of it a cut field of view leaves).  With the
+    CT (``hu``), the other pieces that a field of view cut off from a lung reaching the
+    image's right or left edge are kept too: inside the body, on that edge (not in a
+    corner) within the lung's x range, and aerated lung (median in (-950, -750] HU, not gas).
     Returns the kept voxels (not hole-filled) and a report.
     """
     full = np.asarray(mask, dtype=bool)
@@ -192,10 +196,36 @@ def select_lungs(
         if c.lateral_mm >= lateral_mm and any(_caps(labels, c, s, footprints[s.label], sz, apex_gap_mm) for s in seeds):
             continue  # an apex cut off from its lung (by a tumour, or slices the network missed)
         c.reason = FAR
+    if hu is not None and len(seeds) == 2:
+        # the image's edges in the labels' rows and columns
+        y_edges = (-(crop[1].start or 0), full.shape[1] - (crop[1].start or 0))
+        edges = (-(crop[2].start or 0), full.shape[2] - (crop[2].start or 0))
+        _keep_pieces_cut_off(labels, comps, seeds, hu[crop], edges, y_edges)
     kept = np.zeros(full.shape, bool)
     kept[crop] = _kept_voxels(mask, labels, n, comps)
     _in_volume_coordinates(comps, crop, full.shape, spacing_zyx)
     return kept, report
+
+
+def _keep_pieces_cut_off(labels, comps: list[Component], seeds: list[Component], hu, edges, y_edges) -> None:
+    """Keep the pieces of a lung that a field of view cut at the image's right or left edge (at columns
+    ``edges`` of ``labels``; its anterior and posterior edges at rows ``y_edges``): removed as far from the
+    lungs or below them, yet inside the body, on the side edge that lung reaches (not in a corner), within
+    its x range, and aerated lung (median in (-950, -750] HU; see :func:`select_lungs`)."""
+
+    def edge_of(c: Component) -> set[int]:
+        return {e for e in edges if e in (c.box[2].start, c.box[2].stop)}
+
+    for lung in seeds:
+        for c in comps:
+            if c.reason not in (FAR, BELOW_LUNG) or c.inside_body < 0.5 or not (edge_of(c) & edge_of(lung)):
+                continue
+            if min(lung.box[2].stop, c.box[2].stop) <= max(lung.box[2].start, c.box[2].start):
+                continue  # not beside that lung
+            if c.box[1].start in y_edges or c.box[1].stop in y_edges:
+                continue  # in a corner too: air around the body (under a blanket), not a lung's piece
+            if -950.0 < float(np.median(hu[c.box][labels[c.box] == c.label])) <= -750.0:
+                c.reason = ""
 
 
 def _reject_non_lung(labels: np.ndarray, comps: list[Component], min_ml: float) -> list[Component]:

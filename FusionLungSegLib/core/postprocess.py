@@ -116,7 +116,7 @@ def postprocess_with_report(
     candidates = remove_central_airways(candidates, spacing_zyx)
     if airways:
         candidates = remove_central_airways(candidates, spacing_zyx, **airways)
-    kept, report = select_lungs(candidates, spacing_zyx, body)
+    kept, report = select_lungs(candidates, spacing_zyx, body, hu=hu)
     if hu is not None and kept.any():
         kept = grow_into_aerated_lung(kept, hu, body, spacing_zyx, exclude=candidates & ~kept)
         kept = remove_central_airways(kept, spacing_zyx)
