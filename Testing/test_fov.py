@@ -272,7 +272,7 @@ def test_pieces_of_the_other_lung_a_roi_cuts_apart_are_kept_but_air_at_its_edge_
     right, front, back, gas, corner = (np.zeros(hu.shape, bool) for _ in range(5))
     right[2:28, 20:100, 5:60] = True
     front[10:28, 20:50, 85:100] = True  # the other lung's part in front of the heart (24 mL)
-    back[2:14, 70:95, 88:100] = True  # and behind it, 20 mm away (11 mL)
+    back[2:14, 70:95, 88:99] = True  # and behind it, 20 mm away (10 mL), a pixel short of the edge
     gas[20:28, 61:69, 90:100] = True
     corner[20:28, 0:6, 70:100] = True
     hu[right | front | back] = -850

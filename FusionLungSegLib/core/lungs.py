@@ -200,21 +200,26 @@ def select_lungs(
         # the image's edges in the labels' rows and columns
         y_edges = (-(crop[1].start or 0), full.shape[1] - (crop[1].start or 0))
         edges = (-(crop[2].start or 0), full.shape[2] - (crop[2].start or 0))
-        _keep_pieces_cut_off(labels, comps, seeds, hu[crop], edges, y_edges)
+        near_px = (int(np.ceil(3.0 / float(spacing_zyx[1]))), int(np.ceil(3.0 / float(spacing_zyx[2]))))
+        _keep_pieces_cut_off(labels, comps, seeds, hu[crop], edges, y_edges, near_px)
     kept = np.zeros(full.shape, bool)
     kept[crop] = _kept_voxels(mask, labels, n, comps)
     _in_volume_coordinates(comps, crop, full.shape, spacing_zyx)
     return kept, report
 
 
-def _keep_pieces_cut_off(labels, comps: list[Component], seeds: list[Component], hu, edges, y_edges) -> None:
+def _keep_pieces_cut_off(labels, comps: list[Component], seeds: list[Component], hu, edges, y_edges, near_px) -> None:
     """Keep the pieces of a lung that a field of view cut at the image's right or left edge (at columns
-    ``edges`` of ``labels``; its anterior and posterior edges at rows ``y_edges``): removed as far from the
-    lungs or below them, yet inside the body, on the side edge that lung reaches (not in a corner), within
+    ``edges`` of ``labels``; its anterior and posterior edges at rows ``y_edges``; "at" an edge: within
+    ``near_px`` (y, x) pixels of it): removed as far from the lungs or below them, yet inside the body, on
+    the side edge that lung reaches (not in a corner), within
     its x range, and aerated lung (median in (-950, -750] HU; see :func:`select_lungs`)."""
 
+    def at(box: slice, lines, near: int) -> set[int]:
+        return {e for e in lines if min(abs(box.start - e), abs(box.stop - e)) <= near}
+
     def edge_of(c: Component) -> set[int]:
-        return {e for e in edges if e in (c.box[2].start, c.box[2].stop)}
+        return at(c.box[2], edges, near_px[1])
 
     for lung in seeds:
         for c in comps:
@@ -222,7 +227,7 @@ def _keep_pieces_cut_off(labels, comps: list[Component], seeds: list[Component],
                 continue
             if min(lung.box[2].stop, c.box[2].stop) <= max(lung.box[2].start, c.box[2].start):
                 continue  # not beside that lung
-            if c.box[1].start in y_edges or c.box[1].stop in y_edges:
+            if at(c.box[1], y_edges, near_px[0]):
                 continue  # in a corner too: air around the body (under a blanket), not a lung's piece
             if -950.0 < float(np.median(hu[c.box][labels[c.box] == c.label])) <= -750.0:
                 c.reason = ""
