@@ -187,6 +187,7 @@ def split_sides(
     partner_ml: float = 20.0,
     erosion_mm: float = 5.0,
     core_mm2: float = 25.0,
+    core_erosion_mm: float = 2.0,
 ) -> tuple[np.ndarray, str]:
     """Right and left lung labels of a binary canonical mask, and how the sides were decided.
 
@@ -197,8 +198,8 @@ def split_sides(
     2. the largest component and another of ``partner_ml`` or more beyond its x range: a lung and the
        part of the other lung in view, the mediastinum between them;
     3. lungs that touch: eroded by ``erosion_mm`` in-plane they come apart, and the gap between them is
-       the midline; an axial component holding eroded lung (cores of ``core_mm2`` or more) on both
-       sides of it is cut by the nearest core;
+       the midline; an axial component holding eroded lung (cores of ``core_mm2`` or more, eroded
+       ``core_erosion_mm`` more) on both sides of it is cut by the nearest core;
     4. one lung in view: with the body's right and left edges in view (the ``body`` mask), the body's
        midline; else the side its chest wall is on (:func:`lateral_side_votes`);
     5. otherwise undecided: the mask is labelled by the image's middle and the basis says so.
@@ -253,10 +254,13 @@ def split_sides(
         else:
             midline, basis = mask.shape[2] / 2, SIDES_UNDECIDED
     min_px = int(np.ceil(core_mm2 / (spacing_zyx[1] * spacing_zyx[2])))
+    core_kernel = disc(int(round(core_erosion_mm / min(spacing_zyx[1:]))))
     for index, comp in axial_components(mask):
         x0 = index[2].start
         target = out[index][0]
-        if cores is not None and _nearest_core_sides(target, comp, cores[index][0] & comp, midline - x0, min_px):
+        if cores is not None and _nearest_core_sides(
+            target, comp, cores[index][0] & comp, midline - x0, min_px, core_kernel
+        ):
             continue
         frac_right = float(np.mean(np.nonzero(comp)[1] + x0 < midline))
         if 0.2 < frac_right < 0.8 and comp.sum() > 50:
@@ -282,15 +286,19 @@ def _drop_islands(out: np.ndarray, island_fraction: float) -> np.ndarray:
     return out
 
 
-def _nearest_core_sides(target: np.ndarray, comp: np.ndarray, core: np.ndarray, midline: float, min_px: int) -> bool:
+def _nearest_core_sides(
+    target: np.ndarray, comp: np.ndarray, core: np.ndarray, midline: float, min_px: int, kernel: np.ndarray
+) -> bool:
     """A 2D component holding cores on both sides of the midline is two lungs joined: each pixel takes the
     side of its nearest core, so a part of one lung joined to the other (in front of the heart) keeps its
-    side even as a small share of the component.  ``core``: the component's eroded pixels; each 2D core
-    of ``min_px`` pixels or more takes the side of its centroid (``midline`` in the component's columns).
+    side even as a small share of the component.  ``core``: the component's eroded pixels, eroded again
+    with ``kernel`` (so a wider junction parts too); each 2D core of ``min_px`` pixels or more takes the
+    side of its centroid (``midline`` in the component's columns).
     Labels ``target`` in place; False (nothing done) when the cores lie on one side only."""
     import cv2
 
-    n, cores, stats, centroids = cv2.connectedComponentsWithStats(core.view(np.uint8), connectivity=8)
+    core = cv2.erode(core.view(np.uint8), kernel)
+    n, cores, stats, centroids = cv2.connectedComponentsWithStats(core, connectivity=8)
     side = np.where(centroids[:, 0] < midline, RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
     side[(stats[:, cv2.CC_STAT_AREA] < min_px) | (np.arange(n) == 0)] = 0
     if not ((side == RIGHT_LUNG).any() and (side == LEFT_LUNG).any()):
