@@ -51,7 +51,7 @@ def test_each_crop_finds_each_lung_on_its_own_side_and_says_the_field_cuts_it(lu
         if scores[f"ref_{side}_ml"] >= 300:  # a lung, or most of one
             assert scores[f"dice_{side}"] >= 0.95, (name, scores)
         elif scores[f"ref_{side}_ml"] >= 50:  # the part of the other lung a Crop Volume ROI leaves (about 115 mL)
-            assert scores[f"dice_{side}"] >= 0.6, (name, scores)  # found (0.71 and 0.83 measured; not yet 0.95)
+            assert scores[f"dice_{side}"] >= 0.6, (name, scores)  # found (0.71 and 0.88 measured; not yet 0.95)
         assert scores[f"{side}_as_other"] < 0.05, (name, scores)  # no side swapped
     assert not result.qc["ok"]
     assert any("field of view cuts" in f for f in result.qc["flags"]), result.qc["flags"]
