@@ -212,8 +212,8 @@ def _keep_pieces_cut_off(labels, comps: list[Component], seeds: list[Component],
     """Keep the pieces of a lung that a field of view cut at the image's right or left edge (at columns
     ``edges`` of ``labels``; its anterior and posterior edges at rows ``y_edges``; "at" an edge: within
     ``near_px`` (y, x) pixels of it): removed as far from the lungs or below them, yet inside the body, on
-    the side edge that lung reaches (not in a corner), within
-    its x range, and aerated lung (median in (-950, -750] HU; see :func:`select_lungs`)."""
+    the side edge that lung reaches (not in a corner), within its x range, and aerated lung (median in
+    (-950, -750] HU; see :func:`select_lungs`)."""
 
     def at(box: slice, lines, near: int) -> set[int]:
         return {e for e in lines if min(abs(box.start - e), abs(box.stop - e)) <= near}

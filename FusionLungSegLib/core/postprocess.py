@@ -37,18 +37,20 @@ def remove_central_airways(
     spacing_zyx,
     max_area_mm2: float = 600.0,
     max_offset_mm: float = 25.0,
-    midline: float | None = None,
+    cut_field_midline: float | None = None,
     hu: np.ndarray | None = None,
     max_median_hu: float = -950.0,
 ) -> np.ndarray:
     """Drop trachea and main-bronchus cross-sections: small, compact 2D components near the midline.
 
     On each axial slice, a component smaller than ``max_area_mm2`` whose centroid
-    lies within ``max_offset_mm`` of the midline (``midline``, canonical x; default the
-    mean x of the whole lung mask) and that fills at least half of its bounding box is
-    airway, not lung.  Lung apices are lateral, so they are kept.  With ``hu``, an airway is
-    also dark: its median at most ``max_median_hu`` (the air of a lumen, not aerated lung).
-    Returns a new array.
+    lies within ``max_offset_mm`` of the midline (the mean x of the whole lung
+    mask) and that fills at least half of its bounding box is airway, not lung.
+    Lung apices are lateral, so they are kept.  Where a field of view cuts the body at
+    its side, the mask's middle is one lung's: with ``cut_field_midline`` (canonical x,
+    see :func:`~.sides.cut_field_midline`) and the CT (``hu``), such a component near that
+    midline is airway too when it is dark, its median at most ``max_median_hu`` (the air of
+    a lumen, not the other lung's aerated part).  Returns a new array.
     """
     import cv2
 
@@ -57,7 +59,7 @@ def remove_central_airways(
     if not mask.any():
         return out
     _, sy, sx = (float(s) for s in spacing_zyx)
-    midline = midline_x(mask) if midline is None else midline
+    midlines = [midline_x(mask)] + ([] if cut_field_midline is None or hu is None else [cut_field_midline])
     zs, ys, xs = bounding_box(mask, margin=0)
     # One 4-connected labelling per slice with its stats (area, box, centroid): no Python loop over components.
     for z in range(zs.start, zs.stop):
@@ -67,13 +69,13 @@ def remove_central_airways(
             continue
         area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
         box = stats[:, cv2.CC_STAT_WIDTH].astype(np.float64) * stats[:, cv2.CC_STAT_HEIGHT]
-        offset = (centroids[:, 0] + xs.start - midline) * sx
-        airway = (area * sy * sx < max_area_mm2) & (np.abs(offset) <= max_offset_mm) & (area >= 0.5 * box)
-        airway[0] = False  # background
-        if hu is not None and airway.any():
-            plane = hu[z, ys, xs]
-            for k in np.flatnonzero(airway):
-                airway[k] = np.median(plane[labels == k]) <= max_median_hu
+        compact = (area * sy * sx < max_area_mm2) & (area >= 0.5 * box)
+        compact[0] = False  # background
+        near = [np.abs((centroids[:, 0] + xs.start - m) * sx) <= max_offset_mm for m in midlines]
+        airway = compact & near[0]
+        if len(near) > 1:
+            for k in np.flatnonzero(compact & near[1] & ~airway):
+                airway[k] = np.median(hu[z, ys, xs][labels == k]) <= max_median_hu
         if airway.any():
             out[z, ys, xs][airway[labels]] = False
     return out
@@ -111,17 +113,12 @@ def postprocess_with_report(
     candidates = prob > threshold
     # A field of view cut at the body's side: the trachea lies by the gap between the lungs in view, not
     # by the mask's middle (the middle of the one lung that fills the view).
-    midline = None if body is None or hu is None else cut_field_midline(candidates, body, spacing_zyx)
-    airways = {} if midline is None else {"midline": midline, "hu": hu}  # dark: not the other lung's part
-    candidates = remove_central_airways(candidates, spacing_zyx)
-    if airways:
-        candidates = remove_central_airways(candidates, spacing_zyx, **airways)
+    cut = None if body is None or hu is None else cut_field_midline(candidates, body, spacing_zyx)
+    candidates = remove_central_airways(candidates, spacing_zyx, cut_field_midline=cut, hu=hu)
     kept, report = select_lungs(candidates, spacing_zyx, body, hu=hu)
     if hu is not None and kept.any():
         kept = grow_into_aerated_lung(kept, hu, body, spacing_zyx, exclude=candidates & ~kept)
-        kept = remove_central_airways(kept, spacing_zyx)
-        if airways:
-            kept = remove_central_airways(kept, spacing_zyx, **airways)
+        kept = remove_central_airways(kept, spacing_zyx, cut_field_midline=cut, hu=hu)
     del candidates
     labels = np.zeros(kept.shape, np.uint8)
     if not kept.any():

@@ -298,9 +298,10 @@ def _nearest_core_sides(
     import cv2
 
     core = cv2.erode(core.view(np.uint8), kernel)
-    n, cores, stats, centroids = cv2.connectedComponentsWithStats(core, connectivity=8)
+    _, cores, stats, centroids = cv2.connectedComponentsWithStats(core, connectivity=8)
     side = np.where(centroids[:, 0] < midline, RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
-    side[(stats[:, cv2.CC_STAT_AREA] < min_px) | (np.arange(n) == 0)] = 0
+    side[stats[:, cv2.CC_STAT_AREA] < min_px] = 0
+    side[0] = 0  # background
     if not ((side == RIGHT_LUNG).any() and (side == LEFT_LUNG).any()):
         return False
     seeds = side[cores]
