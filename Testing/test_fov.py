@@ -289,3 +289,47 @@ def test_pieces_of_the_other_lung_a_roi_cuts_apart_are_kept_but_air_at_its_edge_
     assert np.mean(labels[front] == other) > 0.99
     assert np.mean(labels[back] == other) > 0.99, [(c.ml, c.reason) for c in report.components]
     assert not labels[gas].any() and not labels[corner].any()
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_one_lung_cut_on_its_inner_side_leaves_the_side_at_that_edge_undecided(mirror):
+    # Half of the patient cut at the midline, the right lung's front edge reaching across it joined to the
+    # left lung (an anterior junction): nothing in view parts the two, so the QC must say that the side of
+    # the lung at the cut is undecided rather than give the sliver the left lung's side in silence.
+    p = chest(heart=True)
+    right, left = p.parts["lung_right"], p.parts["lung_left"]
+    lung_z = np.flatnonzero((right | left).any(axis=(1, 2)))
+    lung_rows = np.flatnonzero(right.any(axis=(0, 2)))
+    bridge = np.zeros(right.shape, bool)
+    bridge[lung_z[len(lung_z) // 2] : lung_z[-1] + 1, lung_rows[0] + 12 : lung_rows[0] + 16, 90:170] = True
+    p.hu[bridge] = -850
+    cols = np.arange(right.shape[2])
+    p.parts["lung_right"], p.parts["lung_left"] = right | (bridge & (cols < 140)), left | (bridge & (cols >= 140))
+    labels, report, body = _segment(p.hu, p.parts["lung_right"] | p.parts["lung_left"], p.spacing_zyx)
+    whole = quality_check(labels, p.spacing_zyx, body, report, hu=p.hu)
+    assert "side_undecided_ml" not in whole["measures"], whole["flags"]
+
+    hu, right, left = _crop(p, x0=128, mirror=mirror)  # the patient's left half (right half when mirrored)
+    labels, report, body = _segment(hu, right | left, p.spacing_zyx)
+    qc = quality_check(labels, p.spacing_zyx, body, report, hu=hu)
+    sliver, lung = (right, left) if not mirror else (left, right)
+    side = LEFT_LUNG if not mirror else RIGHT_LUNG
+    assert report.side_basis == SIDES_LATERAL
+    assert np.mean(labels[lung] == side) > 0.95
+    sliver_ml = sliver.sum() * np.prod(p.spacing_zyx) / 1000
+    assert 1 < sliver_ml < 20
+    assert any("on its inner side" in f and "undecided" in f for f in qc["flags"]), qc["flags"]
+    assert qc["measures"]["side_undecided_ml"] >= sliver_ml
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_one_lung_whose_inner_side_is_in_view_has_no_undecided_edge(mirror):
+    p = chest(heart=True)
+    n = p.hu.shape[2]
+    lung_rows = np.flatnonzero(p.parts["lung_left"].any(axis=(0, 2)))
+    lung_cols = np.flatnonzero(p.parts["lung_left"].any(axis=(0, 1)))
+    hu, right, left = _crop(p, lung_rows[0] - 3, lung_rows[-1] + 3, n // 2 + 2, lung_cols[-1] + 3, mirror=mirror)
+    labels, report, body = _segment(hu, right | left, p.spacing_zyx)
+    assert report.side_basis == SIDES_LATERAL
+    qc = quality_check(labels, p.spacing_zyx, body, report, hu=hu)
+    assert "side_undecided_ml" not in qc["measures"], qc["flags"]

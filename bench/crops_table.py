@@ -4,7 +4,8 @@
 
 Columns: Dice per side against the full volume's labels inside the crop (the side's mL inside it), the
 share of each side labelled as the other, Dice against the reference where the volume has one, the QC
-verdict and whether its field-of-view flag is raised.  ``--before`` adds the Dice of an earlier run.
+verdict, whether its field-of-view flag is raised and whether it says a side (or the lung at a cut) is
+undecided.  ``--before`` adds the Dice of an earlier run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def _cell(f: dict, side: str) -> str:
 
 
 def table(rows: dict, before: dict | None = None) -> str:
-    head = "| volume / crop | right vs full (mL) | left vs full (mL) | R as L | L as R | vs reference R, L | QC | FOV |"
+    head = "| volume / crop | right vs full (mL) | left vs full (mL) | R as L | L as R | vs reference R, L | QC | FOV | side undecided |"
     if before:
         head += " before: R, L |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -29,11 +30,12 @@ def table(rows: dict, before: dict | None = None) -> str:
         f = row["full"]
         ref = row.get("reference")
         fov = any("field of view cuts" in x for x in row["qc_flags"])
+        undecided = any("undecided" in x or "could not be decided" in x for x in row["qc_flags"])
         line = (
             f"| {key} | {_cell(f, 'right')} | {_cell(f, 'left')} | "
             f"{f['right_as_other']:.1%} | {f['left_as_other']:.1%} | "
             + (f"{ref['dice_right']:.3f}, {ref['dice_left']:.3f}" if ref else "")
-            + f" | {'ok' if row['qc_ok'] else 'flagged'} | {'yes' if fov else 'no'} |"
+            + f" | {'ok' if row['qc_ok'] else 'flagged'} | {'yes' if fov else 'no'} | {'yes' if undecided else 'no'} |"
         )
         if before:
             b = before.get(key, {}).get("full")

@@ -19,7 +19,7 @@ import numpy as np
 
 from .labels import LEFT_LUNG, RIGHT_LUNG
 from .lungs import AT_IMAGE_EDGE, AT_SURFACE, BELOW_LUNG, FAR, OUTSIDE_BODY, SelectionReport
-from .sides import SIDES_UNDECIDED
+from .sides import SIDES_LATERAL, SIDES_UNDECIDED
 
 __all__ = ["quality_check", "QC_LIMITS"]
 
@@ -35,6 +35,7 @@ QC_LIMITS = {
     "removed_note_ml": 1.0,
     "fov_cut_mm2": 100.0,  # lung on the image's in-plane edge (summed over slices) that means "cut by the field"
     "missed_ml": 50.0,  # aerated, lung-like air next to the lungs, inside the patient, left unlabelled
+    "inner_cut_mm": 30.0,  # one lung cut on its inner side: the band by that edge whose side is undecided
 }
 
 
@@ -142,6 +143,7 @@ def quality_check(
         _check_missed_lung(v, labels, hu, body, spacing_zyx, lim)
     if total > 0 and report is not None:
         _check_side_basis(v, report)
+        _check_inner_cut(v, labels, spacing_zyx, report, lim)
     if report is not None:
         _check_removed(v, report, lim)
     return {"ok": not v.flags, "flags": v.flags, "notes": v.notes, "measures": v.measures}
@@ -242,6 +244,35 @@ def _check_side_basis(v: _Verdict, report: SelectionReport) -> None:
             "Right and left could not be decided from what is in this field of view (one lung, with neither its "
             "chest wall nor the mediastinum clear): the side of the label may be wrong."
         )
+
+
+def _check_inner_cut(v: _Verdict, labels: np.ndarray, spacing_zyx, report: SelectionReport, lim: dict) -> None:
+    """4d. One lung in view, its side taken from its chest wall, and the field cuts it on its inner side (half
+    of the patient cut near the midline): where the lungs meet in front of or behind the heart, the other
+    lung's edge crosses the midline joined to it, so the lung at that edge may be the other lung's."""
+    if report.side_basis != SIDES_LATERAL:
+        return
+    present = [s for s in (RIGHT_LUNG, LEFT_LUNG) if (labels == s).any()]
+    if len(present) != 1:
+        return
+    side = present[0]
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    band = max(1, int(round(lim["inner_cut_mm"] / sx)))
+    # canonical x runs from the patient's right to left: the right lung's inner side is at high x
+    inner = np.s_[:, :, -band:] if side == RIGHT_LUNG else np.s_[:, :, :band]
+    edge = labels[:, :, -1] if side == RIGHT_LUNG else labels[:, :, 0]
+    area_mm2 = float(np.count_nonzero(edge == side)) * sy * sz
+    if area_mm2 < lim["fov_cut_mm2"]:
+        return
+    ml = float(np.count_nonzero(labels[inner] == side)) * sz * sy * sx / 1000.0
+    v.measures["side_undecided_ml"] = round(ml, 1)
+    other = LEFT_LUNG if side == RIGHT_LUNG else RIGHT_LUNG
+    v.flags.append(
+        f"The field of view cuts the {_side_name(side)} lung on its inner side, toward the "
+        f"{_side_name(other)} lung ({area_mm2 / 100:.0f} cm² on that edge): where the lungs meet in front of or "
+        f"behind the heart, lung at this edge may be the {_side_name(other)} lung's, so the side of the "
+        f"{ml:.0f} mL within {lim['inner_cut_mm']:.0f} mm of the edge is undecided."
+    )
 
 
 def _check_removed(v: _Verdict, report: SelectionReport, lim: dict) -> None:
