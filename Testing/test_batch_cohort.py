@@ -231,7 +231,17 @@ def _all_ok_one_retried(out: Path) -> None:
 def _popen(args, cwd):
     cmd = [sys.executable, "-m", "FusionLungSegLib", "batch", *map(str, args)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A shell starts background jobs with SIGINT ignored, and the child would inherit that: restore the
+    # default so Ctrl-C reaches the batch however the tests were started.
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
