@@ -22,7 +22,10 @@ def _cell(f: dict, side: str) -> str:
 
 
 def table(rows: dict, before: dict | None = None) -> str:
-    head = "| volume / crop | right vs full (mL) | left vs full (mL) | R as L | L as R | vs reference R, L | QC | FOV | side undecided |"
+    head = (
+        "| volume / crop | right vs full (mL) | left vs full (mL) | R as L | L as R | vs reference R, L | QC | FOV "
+        "| side undecided |"
+    )
     if before:
         head += " before: R, L |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
