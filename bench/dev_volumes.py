@@ -8,7 +8,8 @@ recorded lung-free slices, the QC verdict, and an axial strip PNG of each volume
 ``--crops`` runs every dev volume with lungs through the crop suite of :mod:`FusionLungSegLib.evaluation.crops`
 (cardiac field, Crop Volume ROIs, halves, anterior/posterior 60 %, upper/lower half) and compares each
 crop's labels with the full volume's labels inside it (and with the reference where one exists): Dice
-per side, share of a side labelled as the other, QC verdict. Writes ``OUT/crops.json`` and a strip per crop.
+per side, share of a side labelled as the other, QC verdict. Writes ``OUT/crops.json``, a strip per crop and
+each crop's label map (``crop_<volume>_<crop>_lungs.nii.gz``: two runs compare with ``bench/label_parity.py``).
 
 ``--labels-dir`` reads ``DIR/<name>_lungs.nii.gz`` instead of segmenting (e.g. an older version's output).
 Writes ``OUT/dev_volumes.json`` and ``OUT/strip_<name>.png``; prints one line per volume.
@@ -161,6 +162,7 @@ def run_crops(seg, data: Path, out: Path, volumes: dict, names=CROP_NAMES) -> di
             row["qc_measures"] = result.qc["measures"]
             rows[f"{name}/{spec.name}"] = row
             axial_strip_png(crop, result.labels, out / f"crop_{name}_{spec.name}.png", tile=128)
+            write_image(result.labels, out / f"crop_{name}_{spec.name}_lungs.nii.gz")  # for bench/label_parity.py
             f = row["full"]
             print(
                 f"{name}/{spec.name}: vs full R {f['dice_right']:.3f} ({f['ref_right_ml']:.0f} mL, "
