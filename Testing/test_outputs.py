@@ -213,8 +213,9 @@ def test_sample_dicom_seg_reads_back_to_the_same_voxels(sample_run):
     (written,) = report["dicom_seg"]
     dicom_seg = check_dicom_seg(out / "lungs.dcm", labels, dicom_series_files(SAMPLE_DICOM))
     algorithm = dicom_seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
-    size = W.load_weights(None)[1]["input_size"]  # the bundled model's own input size (what segment used)
-    assert algorithm.AlgorithmParameters.startswith(f"model=FusionLungNet {size}px")
+    version = W.load_weights(None)[1]["version"]  # the bundled model's own version, e.g. "FusionLungNet 0.4.0"
+    assert version.startswith("FusionLungNet ")
+    assert algorithm.AlgorithmParameters.startswith(f"model={version} ")
     assert f"sha256:{W.BUNDLED_SHA256[:12]}" in algorithm.AlgorithmParameters
     # The sample's stripped header: what was filled is said, and only in the SEG.
     filled = " ".join(written["filled"])

@@ -21,9 +21,19 @@ def test_bundled_weights_match_their_recorded_sha256_or_absence_is_explained():
         assert path.stat().st_size <= 95 * 1024 * 1024
         state, meta = load_weights()
         assert meta["input_size"] % 32 == 0
+        # the file names its version and the size it runs at, within the sizes it was trained at
+        assert meta["version"].startswith("FusionLungNet ")
+        assert meta["min_input_size"] <= meta["default_input_size"] <= meta["input_size"]
     else:
         with pytest.raises(WeightsError, match="no trained FusionLungNet weights are bundled"):
             load_weights()
+
+
+def test_model_name_is_the_recorded_version_or_what_the_metadata_says():
+    assert W.model_name({"version": "FusionLungNet 0.4.0", "input_size": 320, "epochs": 6}) == "FusionLungNet 0.4.0"
+    assert W.model_name({"input_size": 224, "epochs": 6}) == "FusionLungNet 224px 6 epochs"
+    assert W.model_name({"architecture": "UNet", "input_size": 160}) == "UNet 160px"
+    assert W.model_name(None) == "FusionLungNet"
 
 
 def test_sha256_mismatch_is_refused(random_weights, tmp_path):

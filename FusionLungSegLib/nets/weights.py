@@ -24,7 +24,7 @@ __all__ = [
 #: File name of the bundled model inside ``Resources/``.
 BUNDLED_WEIGHTS = "FusionLungNet.pt"
 #: sha256 of the bundled file; a file with another hash is refused.
-BUNDLED_SHA256 = "812b6de75c0852321932b5f128483f1bc11a501e12f9cd26a24b29ccf03d43fa"
+BUNDLED_SHA256 = "7647990949c8ee76687fe9c0b7fbb7e32d1dba2324d42e17910d00d703b3995a"
 
 
 class WeightsError(RuntimeError):
