@@ -51,6 +51,22 @@ def _windows(p):
     }
 
 
+def _joined_in_front(right_reaches: int):
+    """A chest whose lungs are joined in front of the heart on the upper slices (an anterior junction): 8 mm
+    of lung from one lung to the other, the right lung's up to column ``right_reaches`` (the midline is 128)."""
+    p = chest(heart=True)
+    right, left = p.parts["lung_right"], p.parts["lung_left"]
+    lung_z = np.flatnonzero((right | left).any(axis=(1, 2)))
+    lung_rows = np.flatnonzero(right.any(axis=(0, 2)))
+    bridge = np.zeros(right.shape, bool)
+    bridge[lung_z[len(lung_z) // 2] : lung_z[-1] + 1, lung_rows[0] + 12 : lung_rows[0] + 16, 90:170] = True
+    p.hu[bridge] = -850
+    cols = np.arange(right.shape[2])
+    p.parts["lung_right"] = right | (bridge & (cols < right_reaches))
+    p.parts["lung_left"] = left | (bridge & (cols >= right_reaches))
+    return p
+
+
 def test_lungs_cut_along_their_depth_stay_inside_the_body():
     p = chest(heart=True)
     hu, right, left = _crop(p, *_windows(p)["cardiac"])
@@ -216,15 +232,8 @@ def test_the_part_of_the_other_lung_joined_in_front_of_the_heart_keeps_its_side(
     # A Crop Volume ROI around one lung that holds the other lung's medial edge, the lungs joined in front
     # of the heart on the upper slices (an anterior junction): on those slices the other lung's part is a
     # small share of one 2D component, and must not take the side of the lung that fills the crop.
-    p = chest(heart=True)
-    right, left = p.parts["lung_right"], p.parts["lung_left"]
-    lung_z = np.flatnonzero((right | left).any(axis=(1, 2)))
-    lung_rows = np.flatnonzero(right.any(axis=(0, 2)))
-    bridge = np.zeros(right.shape, bool)  # 8 mm of lung from one lung to the other
-    bridge[lung_z[len(lung_z) // 2] : lung_z[-1] + 1, lung_rows[0] + 12 : lung_rows[0] + 16, 90:170] = True
-    p.hu[bridge] = -850
-    cols = np.arange(right.shape[2])
-    p.parts["lung_right"], p.parts["lung_left"] = right | (bridge & (cols < 128)), left | (bridge & (cols >= 128))
+    p = _joined_in_front(right_reaches=128)
+    lung_rows = np.flatnonzero(p.parts["lung_right"].any(axis=(0, 2)))
     # the ROI reaches 70 mm past the midline (the image's middle column, 128)
     hu, right, left = _crop(p, lung_rows[0] - 5, lung_rows[-1] + 5, 50, 164, mirror=mirror)
     labels, report, _ = _segment(hu, right | left, p.spacing_zyx)
@@ -296,15 +305,7 @@ def test_one_lung_cut_on_its_inner_side_leaves_the_side_at_that_edge_undecided(m
     # Half of the patient cut at the midline, the right lung's front edge reaching across it joined to the
     # left lung (an anterior junction): nothing in view parts the two, so the QC must say that the side of
     # the lung at the cut is undecided rather than give the sliver the left lung's side in silence.
-    p = chest(heart=True)
-    right, left = p.parts["lung_right"], p.parts["lung_left"]
-    lung_z = np.flatnonzero((right | left).any(axis=(1, 2)))
-    lung_rows = np.flatnonzero(right.any(axis=(0, 2)))
-    bridge = np.zeros(right.shape, bool)
-    bridge[lung_z[len(lung_z) // 2] : lung_z[-1] + 1, lung_rows[0] + 12 : lung_rows[0] + 16, 90:170] = True
-    p.hu[bridge] = -850
-    cols = np.arange(right.shape[2])
-    p.parts["lung_right"], p.parts["lung_left"] = right | (bridge & (cols < 140)), left | (bridge & (cols >= 140))
+    p = _joined_in_front(right_reaches=140)  # 12 pixels (23 mm) past the midline
     labels, report, body = _segment(p.hu, p.parts["lung_right"] | p.parts["lung_left"], p.spacing_zyx)
     whole = quality_check(labels, p.spacing_zyx, body, report, hu=p.hu)
     assert "side_undecided_ml" not in whole["measures"], whole["flags"]
