@@ -143,7 +143,7 @@ def quality_check(
         _check_missed_lung(v, labels, hu, body, spacing_zyx, lim)
     if total > 0 and report is not None:
         _check_side_basis(v, report)
-        _check_inner_cut(v, labels, spacing_zyx, report, lim)
+        _check_inner_cut(v, labels, ml, spacing_zyx, report, lim)
     if report is not None:
         _check_removed(v, report, lim)
     return {"ok": not v.flags, "flags": v.flags, "notes": v.notes, "measures": v.measures}
@@ -246,13 +246,15 @@ def _check_side_basis(v: _Verdict, report: SelectionReport) -> None:
         )
 
 
-def _check_inner_cut(v: _Verdict, labels: np.ndarray, spacing_zyx, report: SelectionReport, lim: dict) -> None:
+def _check_inner_cut(
+    v: _Verdict, labels: np.ndarray, ml: dict, spacing_zyx, report: SelectionReport, lim: dict
+) -> None:
     """4d. One lung in view, its side taken from its chest wall, and the field cuts it on its inner side (half
     of the patient cut near the midline): where the lungs meet in front of or behind the heart, the other
     lung's edge crosses the midline joined to it, so the lung at that edge may be the other lung's."""
     if report.side_basis != SIDES_LATERAL:
         return
-    present = [s for s in (RIGHT_LUNG, LEFT_LUNG) if (labels == s).any()]
+    present = [s for s in (RIGHT_LUNG, LEFT_LUNG) if ml[s] > 0]  # mL per side, measured once by quality_check
     if len(present) != 1:
         return
     side = present[0]
