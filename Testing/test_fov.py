@@ -323,3 +323,112 @@ def test_one_lung_cut_on_its_inner_side_leaves_the_side_at_that_edge_undecided(m
     assert 1 < sliver_ml < 20
     assert any("on its inner side" in f and "undecided" in f for f in qc["flags"]), qc["flags"]
     assert qc["measures"]["side_undecided_ml"] >= sliver_ml
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_a_dark_lung_base_cut_off_at_the_edge_is_neither_airway_nor_an_island(mirror):
+    # Real failure (LUNG1-001, a ROI around the left lung): the right lung's base, cut off from the rest of
+    # its part in view by the image's edge, dark (-970 HU, as a lower lobe can be) and compact by the cut
+    # midline, was taken for the trachea and then, under 5 % of that side, dropped as an island.
+    spacing = (3.0, 1.0, 1.0)
+    hu = np.full((30, 120, 100), 40, np.int16)
+    body = np.ones(hu.shape, bool)  # the body fills the field of view
+    lung, part, base = (np.zeros(hu.shape, bool) for _ in range(3))
+    lung[2:28, 20:100, 5:60] = True
+    part[6:28, 20:60, 85:100] = True  # the other lung's part in view, at the image's edge (40 mL)
+    base[1:5, 62:72, 88:100] = True  # its base below, cut off at that edge (1.4 mL), 3 mm away
+    hu[lung | part] = -850
+    hu[base] = -970
+    mask = lung | part | base
+    if mirror:
+        hu, body, mask, lung, part, base = (a[:, :, ::-1] for a in (hu, body, mask, lung, part, base))
+    labels, report = postprocess_with_report(mask.astype(np.float32), spacing, hu=hu, body=body)
+    side, other = (RIGHT_LUNG, LEFT_LUNG) if not mirror else (LEFT_LUNG, RIGHT_LUNG)
+    assert np.mean(labels[lung] == side) > 0.99
+    assert np.mean(labels[part] == other) > 0.99
+    assert np.mean(labels[base] == other) > 0.99, report.side_basis
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_the_trachea_is_followed_down_where_it_runs_beyond_the_midline_reach(mirror):
+    # Real failure (LUNG1-001, a ROI around the left lung): the trachea, plain by the gap between the lungs in
+    # view where it enters the chest, runs down along the image's edge more than 25 mm from that gap: it was
+    # labelled right lung over 12 slices.  Followed down as a tube it stays airway; the right lung's part
+    # beside it stays lung.
+    spacing = (3.0, 1.0, 1.0)
+    hu = np.full((30, 120, 100), 40, np.int16)
+    body = np.ones(hu.shape, bool)
+    lung, part, trachea = (np.zeros(hu.shape, bool) for _ in range(3))
+    lung[2:28, 20:100, 60:95] = True
+    part[2:20, 38:100, 0:12] = True  # the right lung's medial part at the edge, 3 mm behind the trachea; gap at x 36
+    yy, xx = np.mgrid[:120, :100]
+    for z in range(8, 30):
+        cx = 6 + max(0, z - 12) * 10 // 17  # 20 mm (x 16) from the gap's middle at the top, 30 mm (x 6) lower
+        trachea[z] = (yy - 30) ** 2 + (xx - cx) ** 2 < 5**2
+    hu[lung | part] = -850
+    hu[trachea] = -1000
+    mask = lung | part | trachea  # the network took the trachea for lung
+    if mirror:
+        hu, body, mask, lung, part, trachea = (a[:, :, ::-1] for a in (hu, body, mask, lung, part, trachea))
+    labels, report = postprocess_with_report(mask.astype(np.float32), spacing, hu=hu, body=body)
+    assert not labels[trachea].any(), report.side_basis
+    other = LEFT_LUNG if not mirror else RIGHT_LUNG
+    assert np.mean(labels[part] == 3 - other) > 0.99
+    assert np.mean(labels[lung] == other) > 0.99
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_the_lungs_do_not_grow_into_the_trachea_below_where_the_network_saw_it(mirror):
+    # Real failure (LUNG1-001, a ROI around the left lung): the network saw the trachea only where it enters
+    # the chest; lower down it called the lumen nothing, and the right lung's part beside it grew into it.
+    # The lumen is followed down from the airway found; a darker, wider region under it (a bulla) is lung.
+    spacing = (3.0, 1.0, 1.0)
+    hu = np.full((30, 120, 100), 40, np.int16)
+    body = np.ones(hu.shape, bool)
+    lung, part, lumen, bridge, bulla = (np.zeros(hu.shape, bool) for _ in range(5))
+    lung[2:28, 20:100, 60:95] = True
+    part[2:20, 38:100, 0:12] = True
+    yy, xx = np.mgrid[:120, :100]
+    lumen[8:30] = (yy - 30) ** 2 + (xx - 14) ** 2 < 5**2  # 22 mm from the gap between the lungs (x 36)
+    bridge[8:20, 34:38, 8:20] = True  # aerated tissue from the part to the lumen: the growth reaches it
+    bulla[2:7, 22:42, 0:12] = True  # under the lumen's end, wider than it
+    hu[lung | part] = -850
+    hu[bridge] = -900
+    hu[lumen] = -1000
+    part |= bulla
+    hu[bulla] = -990
+    mask = lung | part | (lumen & (np.arange(30) >= 20)[:, None, None])  # the trachea seen from slice 20 up
+    if mirror:
+        hu, body, mask, lung, part, lumen, bulla = (a[:, :, ::-1] for a in (hu, body, mask, lung, part, lumen, bulla))
+    labels, report = postprocess_with_report(mask.astype(np.float32), spacing, hu=hu, body=body)
+    assert not labels[lumen].any(), report.side_basis
+    side = RIGHT_LUNG if not mirror else LEFT_LUNG
+    assert np.mean(labels[part] == side) > 0.99
+    assert (labels[bulla] == side).all()
+    assert np.mean(labels[lung] == 3 - side) > 0.99
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])
+def test_the_trachea_on_the_border_of_a_half_field_is_not_lung(mirror):
+    # Real failure (LUNG1-001, the patient's right half): the field cut the patient at the midline, through
+    # the trachea, joined to the right lung's apex: nothing in view marked the midline, so the half trachea
+    # was labelled right lung from the apex down.  The border of a field cut at one side only is the
+    # patient's midline there.
+    spacing = (3.0, 1.0, 1.0)
+    hu = np.full((30, 120, 100), 40, np.int16)
+    body = np.ones(hu.shape, bool)
+    body[:, :, :5] = False  # the chest wall in view; cut at the other side only
+    hu[~body] = -1000
+    lung, trachea = (np.zeros(hu.shape, bool) for _ in range(2))
+    lung[2:26, 20:100, 20:84] = True
+    lung[24:26, 26:34, 84:92] = True  # the apex reaches the trachea
+    yy, xx = np.mgrid[:120, :100]
+    trachea[10:30] = (yy - 30) ** 2 + (xx - 99) ** 2 < 8**2  # cut in half by the field's border
+    hu[lung] = -850
+    hu[trachea] = -1000
+    mask = lung | trachea  # the network took the trachea for lung
+    if mirror:
+        hu, body, mask, lung, trachea = (a[:, :, ::-1] for a in (hu, body, mask, lung, trachea))
+    labels, report = postprocess_with_report(mask.astype(np.float32), spacing, hu=hu, body=body)
+    assert not labels[trachea].any(), report.side_basis
+    assert np.mean(labels[lung & ~trachea] == (RIGHT_LUNG if not mirror else LEFT_LUNG)) > 0.99

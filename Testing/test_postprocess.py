@@ -241,3 +241,64 @@ def test_label3d_uses_two_bytes_when_the_labels_fit_and_four_when_not():
     many[0, ::2, ::2] = True  # 90 000 isolated voxels: more labels than uint16 holds
     labels, n = label3d(many)
     assert n == 90000 and labels.dtype == np.int32 and labels.max() == 90000
+
+
+def _two_lungs_and_a_trachea():
+    """Two lung blocks (-850 HU) in soft tissue, the trachea's lumen (-1000) between them, and aerated tissue
+    (-600) from the right lung to the lumen; ``body`` fills the image."""
+    hu = np.full((20, 100, 160), 40, np.int16)
+    right, left, lumen, gap = (np.zeros(hu.shape, bool) for _ in range(4))
+    right[2:18, 20:80, 20:70] = True
+    left[2:18, 20:80, 90:140] = True
+    z, y, x = np.mgrid[:20, :100, :160]
+    lumen[(z >= 10) & ((y - 50) ** 2 + (x - 80) ** 2 < 6**2)] = True
+    gap[10:20, 46:55, 70:75] = True
+    hu[right | left] = -850
+    hu[gap] = -600
+    hu[lumen] = -1000
+    return hu, right, left, lumen, np.ones(hu.shape, bool)
+
+
+def test_lungs_do_not_grow_into_the_airway_the_rules_removed():
+    # Real failure (LUNG1-001): the trachea the network found was removed as airway, then the right lung grew
+    # into its air next to it, joined to it, and the lumen was labelled right lung.
+    hu, right, left, lumen, body = _two_lungs_and_a_trachea()
+    labels = postprocess((right | left | lumen).astype(np.float32), SPACING, hu=hu, body=body)
+    assert not labels[lumen].any()
+    assert (labels[right] == RIGHT_LUNG).all() and (labels[left] == LEFT_LUNG).all()
+
+
+def test_the_lungs_edge_takes_the_partly_aerated_pixels_around_it():
+    # Lung contours (radiotherapy's, LUNG1-001's) run through the pixels that are partly lung: one pixel ring
+    # at -300 HU around a lung is lung, the ring beyond it (-100 HU) and soft tissue are not.
+    hu, right, left, lumen, body = _two_lungs_and_a_trachea()
+    hu[lumen] = 40
+    partly = np.zeros(right.shape, bool)
+    for z in range(2, 18):
+        ring = ndimage.binary_dilation(right[z]) & ~right[z]
+        partly[z] = ring
+        hu[z][ring] = -300
+        hu[z][ndimage.binary_dilation(right[z], iterations=2) & ~ring & ~right[z]] = -100
+    labels = postprocess((right | left).astype(np.float32), SPACING, hu=hu, body=body)
+    assert (labels[partly] == RIGHT_LUNG).all()
+    assert np.count_nonzero(labels == RIGHT_LUNG) == np.count_nonzero(right | partly)
+    assert np.count_nonzero(labels == LEFT_LUNG) == np.count_nonzero(left)
+    bare = postprocess((right | left).astype(np.float32), SPACING, hu=hu, body=body, rim_hu=None)
+    assert np.count_nonzero(bare == RIGHT_LUNG) == np.count_nonzero(right)
+    assert np.array_equal(labels[bare > 0], bare[bare > 0])  # the rim comes after the sides, never changes them
+
+
+def test_the_rim_between_two_lungs_close_together_does_not_join_their_sides():
+    # Real failure (LungPETCTDx, a ROI around one lung): the rim grown before the sides were decided closed the
+    # 2-pixel gap between the lung and the other lung's part in view, and the part took the lung's side.
+    spacing = (3.0, 1.0, 1.0)
+    hu = np.full((30, 120, 100), 40, np.int16)
+    lung, part, gap = (np.zeros(hu.shape, bool) for _ in range(3))
+    lung[2:28, 20:100, 5:80] = True
+    part[8:26, 30:70, 82:100] = True  # the other lung's part at the image's edge
+    gap[8:26, 30:70, 80:82] = True
+    hu[lung | part] = -850
+    hu[gap] = -300
+    labels = postprocess((lung | part).astype(np.float32), spacing, hu=hu, body=np.ones(hu.shape, bool))
+    assert (labels[lung] == RIGHT_LUNG).all() and (labels[part] == LEFT_LUNG).all()
+    assert (labels[gap] > 0).all()

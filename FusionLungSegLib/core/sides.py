@@ -69,14 +69,20 @@ def _partner(labels: np.ndarray, sizes: np.ndarray, order: np.ndarray, voxel_ml:
     return None
 
 
+def _cut_borders(body: np.ndarray, mask: np.ndarray, pixel_mm: float, contact_mm: float = 20.0) -> np.ndarray:
+    """Whether the body reaches the low-x (patient's right) and the high-x image border over ``contact_mm``
+    or more on a slice that holds lung: (2,) bool."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return np.zeros(2, bool)
+    edges = np.count_nonzero(body[zs][:, :, [0, -1]], axis=1)  # (slices, 2) pixels on each side border
+    return (edges * pixel_mm >= contact_mm).any(axis=0)
+
+
 def _body_whole_across(body: np.ndarray, mask: np.ndarray, pixel_mm: float, contact_mm: float = 20.0) -> bool:
     """Whether the body's right and left edges are in view on the slices that hold lung: it does not
     reach the right or left image border over ``contact_mm`` or more on any of them."""
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    if zs.size == 0:
-        return True
-    edges = np.count_nonzero(body[zs][:, :, [0, -1]], axis=1)  # (slices, 2) pixels on each side border
-    return bool((edges * pixel_mm < contact_mm).all())
+    return not _cut_borders(body, mask, pixel_mm, contact_mm).any()
 
 
 def _body_midline(body: np.ndarray, mask: np.ndarray) -> float:
@@ -100,6 +106,18 @@ def cut_field_midline(mask: np.ndarray, body: np.ndarray, spacing_zyx, partner_m
     order = np.argsort(-sizes)
     pair = _partner(labels, sizes, order, float(np.prod(spacing_zyx)) / 1000.0, partner_ml)
     return None if pair is None else pair[1]
+
+
+def half_field_border(mask: np.ndarray, body: np.ndarray, spacing_zyx) -> float | None:
+    """Where the field of view cuts the body at one side only (half of the patient, or a field shifted to
+    one side), that image border (canonical x): the patient's midline, and the trachea, may lie on it.
+    None when the body is whole across or cut at both sides."""
+    if not mask.any():
+        return None
+    cut = _cut_borders(body, mask, float(spacing_zyx[2]))
+    if cut.all() or not cut.any():
+        return None
+    return 0.0 if cut[0] else float(mask.shape[2] - 1)
 
 
 def lateral_side_votes(
@@ -206,7 +224,8 @@ def split_sides(
 
     Where a midline is known, each axial 2D component takes the side of its centroid and one that
     straddles it is cut at its thinnest column.  With ``island_fraction``, a 3D component of a side
-    smaller than that fraction of the side's largest is dropped.  Returns (labels uint8, basis).
+    smaller than that fraction of the side's largest is dropped, unless the field of view cut it off along
+    the image border that lung reaches.  Returns (labels uint8, basis).
     """
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
@@ -226,10 +245,11 @@ def split_sides(
         # Each component (the smaller leftovers too) takes the side of its centroid; right is low x.
         side = np.where(xs < midline, RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
         if island_fraction:  # whole components never touch, so a side's components are these very labels
+            edges = _side_edges(labels, n)
             for s in (RIGHT_LUNG, LEFT_LUNG):
                 on_side = side == s
                 if on_side.any():
-                    side[on_side & (sizes < island_fraction * sizes[on_side].max())] = 0
+                    side[on_side & _islands(sizes, on_side, island_fraction, edges)] = 0
         return np.concatenate(([0], side)).astype(np.uint8)[labels], basis
     del labels  # the rules below need none of the components: their memory is free for the next
     out = np.zeros(mask.shape, np.uint8)
@@ -272,8 +292,26 @@ def split_sides(
     return _drop_islands(out, island_fraction), basis
 
 
+def _side_edges(labels: np.ndarray, n: int) -> np.ndarray:
+    """(n, 2) bool: whether each component reaches the image's low-x (patient's right) and high-x border."""
+    edges = np.zeros((n, 2), bool)
+    for c, column in enumerate((labels[:, :, 0], labels[:, :, -1])):
+        ids = np.unique(column)
+        edges[ids[ids > 0] - 1, c] = True
+    return edges
+
+
+def _islands(sizes: np.ndarray, on_side: np.ndarray, island_fraction: float, edges: np.ndarray) -> np.ndarray:
+    """Which components of one side (``on_side``) are stray islands: smaller than ``island_fraction`` of the
+    side's largest, unless open to an image border the largest also reaches (a lung the field of view cuts
+    comes apart into pieces along that border: they are the lung, not islands)."""
+    largest = int(np.argmax(np.where(on_side, sizes, -1)))
+    small = on_side & (sizes < island_fraction * sizes[largest])
+    return small & ~(edges & edges[largest]).any(axis=1)
+
+
 def _drop_islands(out: np.ndarray, island_fraction: float) -> np.ndarray:
-    """Drop each side's 3D components smaller than ``island_fraction`` of that side's largest (in place)."""
+    """Drop each side's stray islands (see :func:`_islands`), in place."""
     if island_fraction:
         for side in (RIGHT_LUNG, LEFT_LUNG):
             part = out == side
@@ -282,7 +320,8 @@ def _drop_islands(out: np.ndarray, island_fraction: float) -> np.ndarray:
             lab, k = label3d(part)
             if k > 1:
                 counts = per_label(lab, k)
-                out[select_components(lab, k, np.flatnonzero(counts < island_fraction * counts.max()) + 1)] = 0
+                drop = _islands(counts, np.ones(k, bool), island_fraction, _side_edges(lab, k))
+                out[select_components(lab, k, np.flatnonzero(drop) + 1)] = 0
     return out
 
 
