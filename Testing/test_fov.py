@@ -13,7 +13,7 @@ from phantoms import chest
 
 from FusionLungSegLib.core.body import body_mask
 from FusionLungSegLib.core.labels import LEFT_LUNG, RIGHT_LUNG
-from FusionLungSegLib.core.postprocess import postprocess_with_report
+from FusionLungSegLib.core.postprocess import postprocess, postprocess_with_report
 from FusionLungSegLib.core.qc import quality_check
 from FusionLungSegLib.core.sides import SIDES_LATERAL, SIDES_UNDECIDED
 from FusionLungSegLib.training.data import SliceSet
@@ -432,3 +432,23 @@ def test_the_trachea_on_the_border_of_a_half_field_is_not_lung(mirror):
     labels, report = postprocess_with_report(mask.astype(np.float32), spacing, hu=hu, body=body)
     assert not labels[trachea].any(), report.side_basis
     assert np.mean(labels[lung & ~trachea] == (RIGHT_LUNG if not mirror else LEFT_LUNG)) > 0.99
+
+
+def test_a_piece_of_a_lung_the_scan_range_cuts_off_is_not_an_island():
+    # Real failure (LUNG1-001, the lower half of its slices, fp32): at the crop's top slices the left lung's
+    # front part, parted from the rest by a fissure inside the crop and joined to it only above, was
+    # dropped as an island of the left side (25 mL, under 5 % of it).  Open to the scan's end the left lung
+    # also reaches, it is lung; a piece as small that is not open to an end still goes.
+    spacing = (3.0, 1.0, 1.0)
+    hu = np.full((20, 100, 120), 40, np.int16)
+    right, left, piece, island = (np.zeros(hu.shape, bool) for _ in range(4))
+    right[0:20, 20:80, 10:55] = True
+    left[0:20, 20:80, 65:110] = True
+    piece[15:20, 5:18, 80:110] = True  # 5.9 mL, 2 mm in front of the left lung, on the last slice
+    island[8:13, 5:18, 80:110] = True  # as large, as near, inside the scan
+    hu[right | left | piece | island] = -850
+    body = np.ones(hu.shape, bool)
+    labels = postprocess((right | left | piece).astype(np.float32), spacing, hu=hu, body=body)
+    assert (labels[piece] == LEFT_LUNG).all()
+    labels = postprocess((right | left | island).astype(np.float32), spacing, hu=hu, body=body)
+    assert not labels[island].any()

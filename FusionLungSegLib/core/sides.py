@@ -224,8 +224,8 @@ def split_sides(
 
     Where a midline is known, each axial 2D component takes the side of its centroid and one that
     straddles it is cut at its thinnest column.  With ``island_fraction``, a 3D component of a side
-    smaller than that fraction of the side's largest is dropped, unless the field of view cut it off along
-    the image border that lung reaches.  Returns (labels uint8, basis).
+    smaller than that fraction of the side's largest is dropped, unless the field of view (or the scan's
+    range) cut it off along a border (or end slice) that lung reaches.  Returns (labels uint8, basis).
     """
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
@@ -293,18 +293,21 @@ def split_sides(
 
 
 def _side_edges(labels: np.ndarray, n: int) -> np.ndarray:
-    """(n, 2) bool: whether each component reaches the image's low-x (patient's right) and high-x border."""
-    edges = np.zeros((n, 2), bool)
-    for c, column in enumerate((labels[:, :, 0], labels[:, :, -1])):
-        ids = np.unique(column)
+    """(n, 6) bool: whether each component reaches each face of the volume (its first and last slice, the
+    image's anterior and posterior, right and left borders): where the field of view or the scan's range
+    cuts it."""
+    edges = np.zeros((n, 6), bool)
+    faces = (labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1])
+    for c, face in enumerate(faces):
+        ids = np.unique(face)
         edges[ids[ids > 0] - 1, c] = True
     return edges
 
 
 def _islands(sizes: np.ndarray, on_side: np.ndarray, island_fraction: float, edges: np.ndarray) -> np.ndarray:
     """Which components of one side (``on_side``) are stray islands: smaller than ``island_fraction`` of the
-    side's largest, unless open to an image border the largest also reaches (a lung the field of view cuts
-    comes apart into pieces along that border: they are the lung, not islands)."""
+    side's largest, unless open to a face of the volume the largest also reaches (a lung the field of view
+    or the scan's range cuts comes apart into pieces along that face: they are the lung, not islands)."""
     largest = int(np.argmax(np.where(on_side, sizes, -1)))
     small = on_side & (sizes < island_fraction * sizes[largest])
     return small & ~(edges & edges[largest]).any(axis=1)
