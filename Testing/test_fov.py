@@ -406,6 +406,10 @@ def test_the_lungs_do_not_grow_into_the_trachea_below_where_the_network_saw_it(m
     assert np.mean(labels[part] == side) > 0.99
     assert (labels[bulla] == side).all()
     assert np.mean(labels[lung] == 3 - side) > 0.99
+    # the QC counts the lumen as airway, not as lung the network missed
+    qc = quality_check(labels, spacing, body, report, hu=hu)
+    lumen_ml = lumen.sum() * np.prod(spacing) / 1000
+    assert qc["measures"]["unlabelled_air_next_to_lungs_ml"] < 0.1 * lumen_ml, (qc["measures"], lumen_ml)
 
 
 @pytest.mark.parametrize("mirror", [False, True], ids=["as-is", "mirrored"])

@@ -38,6 +38,16 @@ class SelectionReport:
 
     components: list[Component] = field(default_factory=list)
     side_basis: str = ""  # how right and left were told apart (postprocess.SIDES_*)
+    #: the airways post-processing removed (trachea, bronchi and their lumen): (box, mask inside it) or None
+    airway: tuple[tuple[slice, ...], np.ndarray] | None = None
+
+    def airway_mask(self, shape) -> np.ndarray | None:
+        """The removed airways as a bool array of ``shape`` (the canonical volume's), or None."""
+        if self.airway is None:
+            return None
+        out = np.zeros(shape, bool)
+        out[self.airway[0]] = self.airway[1]
+        return out
 
     def removed(self, reason: str | None = None) -> list[Component]:
         return [c for c in self.components if c.reason and (reason is None or c.reason == reason)]

@@ -172,6 +172,11 @@ def postprocess_with_report(
         del dark
         kept &= ~lumen
         removed |= lumen
+        lumen |= found & ~candidates
+        if lumen.any():  # for the QC: airway, not missed lung
+            airway_box = bounding_box(lumen, margin=0)
+            report.airway = (airway_box, lumen[airway_box].copy())
+        del lumen
     del candidates, found
     if hu is not None and kept.any():
         # never into what the network found and the rules removed: gas, and the airways' lumen

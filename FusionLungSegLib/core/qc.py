@@ -56,12 +56,20 @@ def lung_on_image_edge_mm2(labels: np.ndarray, spacing_zyx) -> dict[int, tuple[f
     return out
 
 
-def missed_lung_ml(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing_zyx, air_hu: float = -400.0) -> float:
+def missed_lung_ml(
+    labels: np.ndarray,
+    hu: np.ndarray,
+    body: np.ndarray,
+    spacing_zyx,
+    air_hu: float = -400.0,
+    airway: np.ndarray | None = None,
+) -> float:
     """mL of aerated air inside the patient, touching the labelled lungs in-plane, left unlabelled.
 
     The lungs are grown into the air next to them during post-processing, so what remains is a region the
-    network missed (a lung cut from its side, a lobe) or the central airways, which are left out first
-    (small, compact cross-sections near the lungs' middle)."""
+    network missed (a lung cut from its side, a lobe) or the central airways, which are left out first:
+    ``airway`` (canonical bool, what post-processing removed as airway; see ``SelectionReport.airway``) and
+    small, compact cross-sections near the lungs' middle."""
     from scipy import ndimage
 
     from .masks import AXIAL4, bounding_box, label3d, per_label
@@ -79,6 +87,8 @@ def missed_lung_ml(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     air = np.asarray(hu[box]) < air_hu
     air &= body[box]
     air &= ~lung
+    if airway is not None:
+        air &= ~airway[box]
     air &= remove_central_airways(air | lung, spacing_zyx)
     near = ndimage.binary_dilation(lung, structure=AXIAL4)
     del lung
@@ -140,7 +150,9 @@ def quality_check(
         if body is not None:
             _check_body(v, labels, body, lung_slices, total, spacing_zyx, cut, lim)
     if total > 0 and hu is not None and body is not None:
-        _check_missed_lung(v, labels, hu, body, spacing_zyx, lim)
+        airway = None if report is None else report.airway_mask(labels.shape)
+        _check_missed_lung(v, labels, hu, body, spacing_zyx, lim, airway)
+        del airway
     if total > 0 and report is not None:
         _check_side_basis(v, report)
         _check_inner_cut(v, labels, ml, spacing_zyx, report, lim)
@@ -224,9 +236,9 @@ def _check_body(v: _Verdict, labels, body, lung_slices, total: float, spacing_zy
         )
 
 
-def _check_missed_lung(v: _Verdict, labels, hu, body, spacing_zyx, lim: dict) -> None:
+def _check_missed_lung(v: _Verdict, labels, hu, body, spacing_zyx, lim: dict, airway=None) -> None:
     """4b. Aerated lung next to the labelled lungs left unlabelled (a lung part the network missed)."""
-    missed = missed_lung_ml(labels, hu, body, spacing_zyx)
+    missed = missed_lung_ml(labels, hu, body, spacing_zyx, airway=airway)
     v.measures["unlabelled_air_next_to_lungs_ml"] = round(missed, 1)
     if missed >= lim["missed_ml"]:
         v.flags.append(
