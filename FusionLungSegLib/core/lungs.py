@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from .body import outer_shell, shell_margin
 from .components import components_mask, midline_x, per_label, select_components, x_extent
-from .masks import bounding_box, fill_holes_axial, label3d
+from .masks import CROSS, bounding_box, fill_holes_axial, label3d
 
 
 @dataclass
@@ -368,11 +368,10 @@ def grow_into_aerated_lung(
     allowed = (np.asarray(hu[box]) < air_hu) & body[box]
     if exclude is not None:
         allowed &= ~exclude[box]
-    cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
     for step in range(1, steps + 1):
         grown = np.empty_like(current)
         for z in range(current.shape[0]):
-            grown[z] = cv2.dilate(current[z].view(np.uint8), cross) > 0
+            grown[z] = cv2.dilate(current[z].view(np.uint8), CROSS) > 0
         if step in z_at:
             grown[1:] |= current[:-1]
             grown[:-1] |= current[1:]

@@ -9,6 +9,7 @@ from scipy import ndimage
 __all__ = [
     "CONN6",
     "AXIAL4",
+    "CROSS",
     "disc",
     "fill_holes_axial",
     "bounding_box",
@@ -26,6 +27,8 @@ CONN6 = ndimage.generate_binary_structure(3, 1)
 #: 4-connectivity within each axial slice and none across slices: every slice's 2D components in one call
 AXIAL4 = np.zeros((3, 3, 3), bool)
 AXIAL4[1] = ndimage.generate_binary_structure(2, 1)
+#: the same 4-connected cross in 2D, as a cv2 kernel (uint8): one pixel's step in-plane
+CROSS = AXIAL4[1].astype(np.uint8)
 
 
 def disc(radius_px: int) -> np.ndarray:

@@ -13,8 +13,8 @@ from .body import body_mask
 from .components import midline_x
 from .labels import LEFT_LUNG, RIGHT_LUNG
 from .lungs import SelectionReport, clean_lung_mask, grow_into_aerated_lung, select_lungs
-from .masks import bounding_box, fill_holes_axial
-from .sides import cut_field_midline, half_field_border, split_right_left, split_sides
+from .masks import CROSS, bounding_box, fill_holes_axial
+from .sides import cut_field_midlines, split_right_left, split_sides
 
 __all__ = [
     "RIGHT_LUNG",
@@ -45,7 +45,7 @@ def remove_central_airways(
     spacing_zyx,
     max_area_mm2: float = 600.0,
     max_offset_mm: float = 25.0,
-    cut_field_midline: float | tuple[float, ...] | None = None,
+    cut_field_midlines: tuple[float, ...] = (),
     hu: np.ndarray | None = None,
     max_median_hu: float = -950.0,
 ) -> np.ndarray:
@@ -55,9 +55,9 @@ def remove_central_airways(
     lies within ``max_offset_mm`` of the midline (the mean x of the whole lung
     mask) and that fills at least half of its bounding box is airway, not lung.
     Lung apices are lateral, so they are kept.  Where a field of view cuts the body at
-    its side, the mask's middle is one lung's: with ``cut_field_midline`` (canonical x, one or
-    several: see :func:`~.sides.cut_field_midline` and :func:`~.sides.half_field_border`) and
-    the CT (``hu``), such a component near one of them is airway too in the upper half of the
+    its side, the mask's middle is one lung's: with ``cut_field_midlines`` (canonical x, see
+    :func:`~.sides.cut_field_midlines`) and the CT (``hu``), such a component near one of them
+    is airway too in the upper half of the
     mask's height when it is dark, its median at most ``max_median_hu`` (the air of a lumen, not
     the other lung's aerated part).  From the top down, a compact component that continues the
     airway found on the slice above is airway too (see :func:`_continues_tube`).  Returns a new
@@ -70,8 +70,7 @@ def remove_central_airways(
     if not mask.any():
         return out
     _, sy, sx = (float(s) for s in spacing_zyx)
-    cuts = () if cut_field_midline is None or hu is None else np.atleast_1d(cut_field_midline).tolist()
-    midlines = [midline_x(mask), *cuts]
+    midlines = [midline_x(mask), *(cut_field_midlines if hu is not None else ())]
     zs, ys, xs = bounding_box(mask, margin=0)
     upper = (zs.start + zs.stop) / 2  # the trachea runs in the upper half of the lungs' height
     above = None  # the airway found on the slice above
@@ -114,7 +113,7 @@ def _continues_tube(labels: np.ndarray, n: int, area: np.ndarray, above: tuple[n
     pairs = np.bincount(labels[both] * m + above_labels[both], minlength=n * m).reshape(n, m)
     best = np.argmax(pairs, axis=1)
     overlap = pairs[np.arange(n), best]
-    return (overlap >= 0.5 * area) & (overlap > 0) & (area <= 1.5 * above_area[best])
+    return (overlap >= 0.5 * area) & (area <= 1.5 * above_area[best])
 
 
 def postprocess(
@@ -156,32 +155,26 @@ def postprocess_with_report(
     found = prob > threshold
     # A field of view cut at the body's side: the trachea lies by the gap between the lungs in view, or on
     # the border of a half field, not by the mask's middle (the middle of the one lung that fills the view).
-    cut = None
-    if body is not None and hu is not None:
-        cut = tuple(
-            m
-            for m in (cut_field_midline(found, body, spacing_zyx), half_field_border(found, body, spacing_zyx))
-            if m is not None
-        )
-    candidates = remove_central_airways(found, spacing_zyx, cut_field_midline=cut, hu=hu)
+    cuts = () if body is None or hu is None else cut_field_midlines(found, body, spacing_zyx)
+    candidates = remove_central_airways(found, spacing_zyx, cut_field_midlines=cuts, hu=hu)
     kept, report = select_lungs(candidates, spacing_zyx, body, hu=hu)
     removed = found & ~kept
+    airway = found & ~candidates
+    del candidates, found
     if hu is not None and kept.any():
-        dark = np.asarray(hu) < -400.0
-        lumen = airway_lumen_below(found & ~candidates, (np.asarray(hu) < LUMEN_HU) & body, dark)
-        del dark
+        lumen = airway_lumen_below(airway, hu, body)
         kept &= ~lumen
         removed |= lumen
-        lumen |= found & ~candidates
-        if lumen.any():  # for the QC: airway, not missed lung
-            airway_box = bounding_box(lumen, margin=0)
-            report.airway = (airway_box, lumen[airway_box].copy())
+        airway |= lumen
         del lumen
-    del candidates, found
+        if airway.any():  # for the QC: airway, not missed lung
+            airway_box = bounding_box(airway, margin=0)
+            report.airway = (airway_box, airway[airway_box].copy())
+    del airway
     if hu is not None and kept.any():
         # never into what the network found and the rules removed: gas, and the airways' lumen
         kept = grow_into_aerated_lung(kept, hu, body, spacing_zyx, exclude=removed)
-        kept = remove_central_airways(kept, spacing_zyx, cut_field_midline=cut, hu=hu)
+        kept = remove_central_airways(kept, spacing_zyx, cut_field_midlines=cuts, hu=hu)
     labels = np.zeros(kept.shape, np.uint8)
     if not kept.any():
         return labels, report
@@ -200,27 +193,30 @@ def postprocess_with_report(
     return labels, report
 
 
-def airway_lumen_below(airway: np.ndarray, air: np.ndarray, edge: np.ndarray) -> np.ndarray:
-    """The air of the airways' lumen followed down from the ``airway`` the rules removed (canonical bool
-    arrays; ``air``: the lumen-dark voxels inside the body).  On each slice, from the top down, a 2D
-    region of ``air`` is lumen when at least half of it lies under the airway or lumen of the slice above,
-    or it touches that slice's airway, and it is no more than 1.5 times as large as they are: the trachea
-    and bronchi are tubes; a region that widens is not theirs.  The network may call the lumen lung where
-    it meets a lung the field of view cut beside the trachea; the lungs must not grow into it either.
-    The lumen's edge comes with it: the pixels of ``edge`` (partly air) next to it.  Returns a new bool array."""
+def airway_lumen_below(
+    airway: np.ndarray, hu: np.ndarray, body: np.ndarray, lumen_hu: float = LUMEN_HU, edge_hu: float = -400.0
+) -> np.ndarray:
+    """The air of the airways' lumen followed down from the ``airway`` the rules removed (canonical arrays,
+    ``hu`` the CT and ``body`` its body mask).  On each slice, from the top down, a 2D region of lumen air
+    (below ``lumen_hu``, inside the body) is lumen when at least half of it lies under the airway or lumen
+    of the slice above, or it touches that slice's airway, and it is no more than 1.5 times as large as
+    they are: the trachea and bronchi are tubes; a region that widens is not theirs.  The network may call
+    the lumen lung where it meets a lung the field of view cut beside the trachea; the lungs must not grow
+    into it either.  The lumen's edge comes with it: the pixels below ``edge_hu`` (partly air, darker than
+    the wall) next to it.  Returns a new bool array."""
     import cv2
 
     out = np.zeros(airway.shape, bool)
     if not airway.any():
         return out
-    cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
     above = np.zeros(airway.shape[1:], bool)
     for z in range(int(np.flatnonzero(airway.any(axis=(1, 2)))[-1]), -1, -1):
-        here = cv2.dilate(airway[z].view(np.uint8), cross) > 0
-        if not (above.any() or here.any()) or not air[z].any():
+        here = cv2.dilate(airway[z].view(np.uint8), CROSS) > 0
+        air = (np.asarray(hu[z]) < lumen_hu) & body[z] if above.any() or here.any() else None
+        if air is None or not air.any():
             above = airway[z]
             continue
-        n, regions, stats, _ = cv2.connectedComponentsWithStats(air[z].view(np.uint8), connectivity=4)
+        n, regions, stats, _ = cv2.connectedComponentsWithStats(air.view(np.uint8), connectivity=4)
         area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
         under = np.bincount(regions[above], minlength=n)[:n]
         touch = np.bincount(regions[here], minlength=n)[:n] > 0
@@ -229,8 +225,7 @@ def airway_lumen_below(airway: np.ndarray, air: np.ndarray, edge: np.ndarray) ->
         tube[0] = False
         out[z] = tube[regions]
         above = airway[z] | out[z]
-        # with its edge: the pixels partly lumen (darker than the wall) around it
-        out[z] |= (cv2.dilate(out[z].view(np.uint8), cross) > 0) & edge[z]
+        out[z] |= (cv2.dilate(out[z].view(np.uint8), CROSS) > 0) & (np.asarray(hu[z]) < edge_hu)
     return out
 
 
@@ -245,14 +240,14 @@ def add_partly_aerated_rim(
     if not labels.any():
         return labels
     box = bounding_box(labels > 0, margin=1)
-    sub, cross = labels[box], np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
+    sub = labels[box]
     free = (sub == 0) & (np.asarray(hu[box]) < rim_hu) & body[box]
     if exclude is not None:
         free &= ~exclude[box]
     for z in range(sub.shape[0]):
         if not free[z].any():
             continue
-        reach = [cv2.dilate((sub[z] == side).view(np.uint8), cross) > 0 for side in (RIGHT_LUNG, LEFT_LUNG)]
+        reach = [cv2.dilate((sub[z] == side).view(np.uint8), CROSS) > 0 for side in (RIGHT_LUNG, LEFT_LUNG)]
         right, left = reach[0] & ~reach[1] & free[z], reach[1] & ~reach[0] & free[z]
         sub[z][right], sub[z][left] = RIGHT_LUNG, LEFT_LUNG
     return labels

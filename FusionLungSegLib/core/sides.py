@@ -75,7 +75,7 @@ def _cut_borders(body: np.ndarray, mask: np.ndarray, pixel_mm: float, contact_mm
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
     if zs.size == 0:
         return np.zeros(2, bool)
-    edges = np.count_nonzero(body[zs][:, :, [0, -1]], axis=1)  # (slices, 2) pixels on each side border
+    edges = np.count_nonzero(body[:, :, [0, -1]][zs], axis=1)  # (slices, 2) pixels on each side border
     return (edges * pixel_mm >= contact_mm).any(axis=0)
 
 
@@ -92,32 +92,31 @@ def _body_midline(body: np.ndarray, mask: np.ndarray) -> float:
     return (cols[0] + cols[-1]) / 2
 
 
-def cut_field_midline(mask: np.ndarray, body: np.ndarray, spacing_zyx, partner_ml: float = 20.0) -> float | None:
-    """Where the field of view cuts the body at its right or left edge, the midline (canonical x) between
-    the lung that fills the view and the part of the other lung beside it, from the gap between them (the
-    mask's middle is then the lung's, not the patient's); None when the body is whole across or no part of
-    the other lung is in view as a component of its own."""
-    if not mask.any() or _body_whole_across(body, mask, float(spacing_zyx[2])):
-        return None
-    labels, n = label3d(mask)
-    if n < 2:
-        return None
-    sizes = per_label(labels, n)
-    order = np.argsort(-sizes)
-    pair = _partner(labels, sizes, order, float(np.prod(spacing_zyx)) / 1000.0, partner_ml)
-    return None if pair is None else pair[1]
+def cut_field_midlines(mask: np.ndarray, body: np.ndarray, spacing_zyx, partner_ml: float = 20.0) -> tuple[float, ...]:
+    """Where the field of view cuts the body at its right or left edge, where the patient's midline (and the
+    trachea) may lie instead of the mask's middle, which is then one lung's (canonical x, none, one or two):
 
+    - the gap between the lung that fills the view and the part of the other lung beside it (a component of
+      its own, ``partner_ml`` or more, beyond the lung's x range);
+    - with the body cut at one side only (half of the patient, or a field shifted to one side), that image
+      border.
 
-def half_field_border(mask: np.ndarray, body: np.ndarray, spacing_zyx) -> float | None:
-    """Where the field of view cuts the body at one side only (half of the patient, or a field shifted to
-    one side), that image border (canonical x): the patient's midline, and the trachea, may lie on it.
-    None when the body is whole across or cut at both sides."""
+    Empty when the body is whole across."""
     if not mask.any():
-        return None
+        return ()
     cut = _cut_borders(body, mask, float(spacing_zyx[2]))
-    if cut.all() or not cut.any():
-        return None
-    return 0.0 if cut[0] else float(mask.shape[2] - 1)
+    if not cut.any():
+        return ()
+    out = []
+    labels, n = label3d(mask)
+    if n >= 2:
+        sizes = per_label(labels, n)
+        pair = _partner(labels, sizes, np.argsort(-sizes), float(np.prod(spacing_zyx)) / 1000.0, partner_ml)
+        if pair is not None:
+            out.append(pair[1])
+    if not cut.all():
+        out.append(0.0 if cut[0] else float(mask.shape[2] - 1))
+    return tuple(out)
 
 
 def lateral_side_votes(
